@@ -1,0 +1,1 @@
+"""Datasets: the registry of benchmark datasets, readers, preparation and the synthetic faces."""
