@@ -34,10 +34,11 @@ def _data_synth(args):
     p = _params(args)
     write_synth_dataset(
         Path(args.out or p.data.prepared_dir) / "synth",
-        n_train=args.n if args.n else p.synth.n_train,
-        n_test=args.n_test if args.n_test else p.synth.n_test,
+        n_train=p.synth.n_train if args.n is None else args.n,
+        n_test=p.synth.n_test if args.n_test is None else args.n_test,
         seed=p.synth.seed if args.seed is None else args.seed,
         crop_size=p.data.crop_size,
+        padding=p.data.padding,
     )
 
 
@@ -52,7 +53,7 @@ def _data_prepare(args):
 
     p = _params(args)
     prepare(args.name, raw_root=Path(args.raw or p.data.raw_dir), out_root=Path(args.out or p.data.prepared_dir),
-            crop_size=p.data.crop_size, padding=p.data.padding)
+            crop_size=p.data.crop_size, padding=p.data.padding, strict=args.strict, workers=args.workers)
 
 
 def _data_show(args):
@@ -77,7 +78,8 @@ def _add_data(sub) -> None:
     p = dsub.add_parser("download", help="download and verify a dataset, or ingest files you already have")
     p.add_argument("name", help="dataset name (wflw, 300w, cofw, aflw, cocowb_face)")
     p.add_argument("--root", default="data/raw", help="raw data root (default: data/raw)")
-    p.add_argument("--from", dest="from_dir", help="ingest archives/folders from this directory instead of downloading")
+    p.add_argument("--from", dest="from_dir",
+                   help="ingest archives/unpacked folders found in this directory (the rest is downloaded)")
     p.set_defaults(func=_data_download)
 
     p = dsub.add_parser("prepare", help="raw dataset -> annotation tables + face-crop cache per split")
@@ -85,6 +87,10 @@ def _add_data(sub) -> None:
     p.add_argument("name", help="dataset name")
     p.add_argument("--raw", help="raw data root (default: data.raw_dir)")
     p.add_argument("--out", help="prepared root (default: data.prepared_dir)")
+    p.add_argument("--strict", action="store_true",
+                   help="fail when a split's size differs from the published one or a split's files are missing "
+                   "(default: warn and skip)")
+    p.add_argument("--workers", type=int, default=4, help="image-decoding threads (default: 4)")
     p.set_defaults(func=_data_prepare)
 
     p = dsub.add_parser("show", help="draw a grid of face crops with numbered landmarks")
@@ -101,7 +107,8 @@ def _add_data(sub) -> None:
 def _model_info(args):
     from popos.models import print_model_table
 
-    print_model_table(num_landmarks=args.num_landmarks, width=args.width, input_size=args.input_size)
+    print_model_table(num_landmarks=args.num_landmarks, width=args.width, input_size=args.input_size,
+                      out=Path(args.out) if args.out else None)
 
 
 def _add_model(sub) -> None:
@@ -111,6 +118,7 @@ def _add_model(sub) -> None:
     p.add_argument("--num-landmarks", type=int, default=98)
     p.add_argument("--width", type=int, default=18)
     p.add_argument("--input-size", type=int, default=256)
+    p.add_argument("--out", metavar="CSV", help="also write the table (heatmap_size, params_m, gflops) as CSV")
     p.set_defaults(func=_model_info)
 
 
@@ -132,8 +140,15 @@ def _evaluate(args):
 def _predict(args):
     from popos.evaluate import predict
 
-    box = tuple(float(v) for v in args.box.split(",")) if args.box else None
-    predict(Path(args.image), checkpoint=Path(args.checkpoint), box=box, out=Path(args.out), method=args.method)
+    try:
+        box = tuple(float(v) for v in args.box.split(",")) if args.box else None
+    except ValueError:
+        raise ValueError(f"--box: expected four numbers x,y,w,h (image px), got {args.box!r}") from None
+    points = predict(Path(args.image), checkpoint=Path(args.checkpoint), box=box, out=Path(args.out),
+                     method=args.method, device=args.device)
+    print("landmark,x,y")
+    for k, (x, y) in enumerate(points):
+        print(f"{k},{x:.2f},{y:.2f}")
 
 
 def _add_train_eval(sub) -> None:
@@ -161,6 +176,7 @@ def _add_train_eval(sub) -> None:
     p.add_argument("--box", help="face box x,y,w,h in image px (default: the whole image)")
     p.add_argument("--method", default="popos", help="decoder variant (default: popos)")
     p.add_argument("--out", required=True, help="output PNG with the landmarks drawn")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_predict)
 
 
@@ -176,15 +192,25 @@ def _bench_decoders(args):
     from popos.bench import bench_decoders
 
     p = _params(args)
-    bench_decoders(device=args.device, batch=args.batch or p.bench.batch, num_landmarks=p.bench.num_landmarks,
+    batch = p.bench.batch if args.batch is None else args.batch
+    bench_decoders(device=args.device, batch=batch, num_landmarks=p.bench.num_landmarks,
                    heatmap_sizes=p.bench.heatmap_sizes, warmup=p.bench.warmup, repeats=p.bench.repeats,
-                   out=Path(args.out) if args.out else None)
+                   out=Path(args.out) if args.out else None, sigma=p.decode.sigma, popos_options=p.decode.popos,
+                   seed=p.bench.seed, input_size=p.model.input_size)
 
 
 def _report(args):
     from popos.report import build_report
 
-    build_report(_params(args), results=Path(args.results), out_dir=Path(args.out))
+    path = build_report(_params(args), results=Path(args.results), out_dir=Path(args.out))
+    print(f"report: {path}")
+
+
+def _sweep_decoders(args):
+    from popos.sweeps import run_decoder_sweep
+
+    run_decoder_sweep(_params(args), heatmaps=Path(args.heatmaps), checkpoint=Path(args.checkpoint),
+                      out=Path(args.out))
 
 
 def _add_study(sub) -> None:
@@ -210,6 +236,18 @@ def _add_study(sub) -> None:
     p.set_defaults(func=_report)
 
 
+def _add_sweep(sub) -> None:
+    sweep = sub.add_parser("sweep", help="ablations of Figure 5 without the model")
+    ssub = sweep.add_subparsers(dest="sweep_cmd", required=True, metavar="{decoders}")
+    p = ssub.add_parser("decoders", help="re-decode saved test heatmaps with each value of sweeps.region, "
+                        "sweeps.samples_per_pixel and sweeps.anchors")
+    _add_params(p)
+    p.add_argument("--heatmaps", required=True, help="heatmaps.npz saved by `popos evaluate`")
+    p.add_argument("--checkpoint", required=True, help="the checkpoint those heatmaps came from (its config)")
+    p.add_argument("--out", required=True, help="CSV: knob, value, nme, fr, auc, threshold, n_images")
+    p.set_defaults(func=_sweep_decoders)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="popos",
@@ -225,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(sub)
     _add_train_eval(sub)
     _add_study(sub)
+    _add_sweep(sub)
     return parser
 
 

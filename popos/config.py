@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 HeatmapSize = Literal[64, 32, 16, 8, 4]
+# Keep in step with popos.data.registry (tests/test_pipeline.py checks it).
+DatasetName = Literal["wflw", "300w", "cofw", "aflw", "cocowb_face", "synth"]
+Loss = Literal["mse", "mse_ma"]
 
 
 class Section(BaseModel):
@@ -27,9 +30,21 @@ class Section(BaseModel):
 class GridSection(Section):
     """The experiment grid the workflow runs: dataset x heatmap size x loss (x every decoder)."""
 
-    datasets: list[str] = Field(default=["wflw", "300w", "cofw", "aflw", "cocowb_face"], description="dataset names")
-    heatmap_sizes: list[HeatmapSize] = Field(default=[64, 32, 16, 8, 4], description="heatmap side in pixels")
-    losses: list[Literal["mse", "mse_ma"]] = Field(default=["mse", "mse_ma"], description="training losses")
+    datasets: list[DatasetName] = Field(
+        default=["wflw", "300w", "cofw", "aflw", "cocowb_face"], min_length=1, description="dataset names"
+    )
+    heatmap_sizes: list[HeatmapSize] = Field(
+        default=[64, 32, 16, 8, 4], min_length=1, description="heatmap side in pixels"
+    )
+    losses: list[Loss] = Field(default=["mse", "mse_ma"], min_length=1, description="training losses")
+    results_dir: str = Field(default="results", description="root of every workflow output (dvc.yaml assumes results)")
+
+    @field_validator("datasets", "heatmap_sizes", "losses")
+    @classmethod
+    def _unique(cls, value: list) -> list:
+        if len(set(value)) != len(value):
+            raise ValueError(f"duplicate entries in {value}")
+        return value
 
 
 class DataSection(Section):
@@ -42,42 +57,66 @@ class DataSection(Section):
 
 
 class SynthSection(Section):
-    """The embedded synthetic face dataset."""
+    """The embedded synthetic face dataset (``popos data synth``; see popos.data.synth)."""
 
-    n_train: int = Field(default=2000, ge=1)
-    n_test: int = Field(default=400, ge=1)
-    seed: int = 0
+    n_train: int = Field(default=2000, ge=1, description="training faces")
+    n_test: int = Field(default=400, ge=1, description="test faces")
+    seed: int = Field(default=0, description="face i of a split is the same for a given seed, whatever the sizes")
 
 
 class AugmentSection(Section):
-    """Training-time augmentation (paper section 4.2)."""
+    """Training-time augmentation (paper section 4.2, the mmpose settings of KeyPosS/POPoS); one affine warp."""
 
-    flip_prob: float = Field(default=0.5, ge=0, le=1)
-    rotation_prob: float = Field(default=0.6, ge=0, le=1)
-    rotation_std: float = Field(default=30.0, ge=0, description="degrees")
-    rotation_max: float = Field(default=60.0, ge=0, description="degrees, clip")
-    scale_min: float = Field(default=0.75, gt=0)
-    scale_max: float = Field(default=1.25, gt=0)
+    flip_prob: float = Field(default=0.5, ge=0, le=1, description="probability of a horizontal flip")
+    rotation_prob: float = Field(default=0.6, ge=0, le=1, description="probability of a rotation")
+    rotation_std: float = Field(default=30.0, ge=0, description="rotation ~ N(0, std), degrees")
+    rotation_max: float = Field(default=60.0, ge=0, description="rotation clipped to +-max, degrees")
+    scale_std: float = Field(default=0.25, ge=0, description="crop side x clip(1 + N(0, std), min, max)")
+    scale_min: float = Field(default=0.75, gt=0, description="smallest crop-side factor (> 1 zooms out)")
+    scale_max: float = Field(default=1.25, gt=0, description="largest crop-side factor")
     translate: float = Field(default=0.05, ge=0, description="max shift as a fraction of the input size")
-    color_jitter: float = Field(default=0.2, ge=0, description="max relative change of brightness/contrast/saturation")
+    color_jitter: float = Field(default=0.2, ge=0, le=1,
+                                description="max relative change of brightness, contrast and saturation")
+
+    @model_validator(mode="after")
+    def _scale_range(self) -> AugmentSection:
+        if self.scale_min > self.scale_max:
+            raise ValueError(f"scale_min ({self.scale_min}) must not exceed scale_max ({self.scale_max})")
+        return self
 
 
 class ModelSection(Section):
-    """The lightweight HRNet."""
+    """The lightweight HRNet; the field names are ``popos.models.build_model``'s keywords.
+
+    Defaults are the paper's HRNetV2-W18; smaller ``width``/``stem_width``/``*blocks``/``num_modules``
+    give slim models for CPU demos (see README, "Model").
+    """
 
     width: int = Field(default=18, gt=0, description="channels of the highest-resolution branch (18 = HRNetV2-W18)")
-    input_size: int = Field(default=256, gt=0, description="network input side, px")
+    input_size: int = Field(default=256, gt=0, description="network input side, px; input_size / heatmap size must "
+                            "be a stride of popos.models.ARCHITECTURES (2, 4, 8, 16, 32, 64)")
     pretrained: str | None = Field(default=None, description="local ImageNet HRNet-W18 weights (mmpose or timm naming)")
+    stem_width: int = Field(default=64, gt=0, description="channels of the stem convs and stage-1 bottlenecks (x4 out)")
+    stage1_blocks: int = Field(default=4, gt=0, description="Bottleneck blocks of stage 1")
+    num_blocks: int = Field(default=4, gt=0, description="Basic blocks per branch in every module of stages 2-4")
+    num_modules: tuple[int, int, int] = Field(default=(1, 4, 3), description="HRNet modules in stages 2, 3, 4")
+
+    @field_validator("num_modules")
+    @classmethod
+    def _positive_modules(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(value) < 1:
+            raise ValueError(f"every stage needs at least one module, got {list(value)}")
+        return value
 
 
 class TrainSection(Section):
     """Training (paper section 4.2: Adam, lr 2e-3 decaying to 1e-5)."""
 
     epochs: int = Field(default=60, ge=1)
-    batch_size: int = Field(default=64, ge=1)
-    lr: float = Field(default=2e-3, gt=0)
-    lr_min: float = Field(default=1e-5, ge=0)
-    seed: int = 0
+    batch_size: int = Field(default=64, ge=1, description="global batch, split over the processes under torchrun")
+    lr: float = Field(default=2e-3, gt=0, description="initial Adam learning rate")
+    lr_min: float = Field(default=1e-5, ge=0, description="final lr; linear per-step decay from lr, <= lr")
+    seed: int = Field(default=0, description="model init, shuffling and augmentation")
     sigma: float = Field(default=2.0, gt=0, description="target Gaussian sigma, heatmap px")
     ma_weight: float = Field(default=6.0, ge=0, description="w in L = L_MSE + w * L_MA (paper's best: 6)")
     ma_k: int | None = Field(default=None, ge=1, description="MA mask size; None = the decoder's K at that size")
@@ -85,6 +124,15 @@ class TrainSection(Section):
     workers: int = Field(default=2, ge=0, description="data-loader worker processes")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(default=True, description="mixed precision on CUDA")
+    eval_every: int = Field(
+        default=1, ge=0, description="test NME (one_hot, popos) every N epochs and at the end; 0 = never"
+    )
+
+    @model_validator(mode="after")
+    def _lr_decays(self) -> TrainSection:
+        if self.lr_min > self.lr:
+            raise ValueError(f"lr_min ({self.lr_min}) must not exceed lr ({self.lr})")
+        return self
 
 
 class DecodeSection(Section):
@@ -101,8 +149,8 @@ class DecodeSection(Section):
 class EvaluateSection(Section):
     """Evaluation of a trained model."""
 
-    flip_test: bool = True
-    batch_size: int = Field(default=64, ge=1)
+    flip_test: bool = Field(default=True, description="also decode the mirrored face; average in input px (exact)")
+    batch_size: int = Field(default=64, ge=1, description="faces per forward pass")
     fr_threshold: float = Field(default=0.1, gt=0, description="failure threshold (NME) for FR and AUC")
     save_heatmaps: bool = Field(default=True, description="keep float16 test heatmaps for decoder ablations")
 
@@ -111,11 +159,18 @@ class OracleSection(Section):
     """Decoding study without a model."""
 
     heatmap_sizes: list[HeatmapSize] = Field(default=[64, 32, 16, 8, 4])
-    conditions: list[Literal["clean", "noise", "amp07", "ampnoise", "flip"]] = Field(
-        default=["clean", "noise", "amp07", "ampnoise", "flip"]
+    conditions: list[Literal["clean", "noise", "amp07", "ampnoise", "flip", "flipcoord"]] = Field(
+        default=["clean", "noise", "amp07", "ampnoise", "flip", "flipcoord"],
+        description="map perturbations (popos.oracle): perfect, +N(0,0.05), peak x0.7, peak x U(0.6,1) + "
+        "N(0,0.02), flip test averaging maps (exact mirror), flip test averaging decoded points (as evaluate)",
     )
-    num_images: int = Field(default=32, ge=1)
-    num_landmarks: int = Field(default=98, ge=1)
+    points: Literal["center", "full"] = Field(
+        default="center",
+        description="random ground truth uniform over the central [s/8, 7s/8]^2 of the s-px input (as upstream) "
+        "or over all of it",
+    )
+    num_images: int = Field(default=32, ge=1, description="images (or faces drawn from --dataset-dir)")
+    num_landmarks: int = Field(default=98, ge=1, description="landmarks per random image")
     seed: int = 0
 
 
@@ -126,26 +181,57 @@ class BenchSection(Section):
     batch: int = Field(default=32, ge=1, description="faces per batch")
     num_landmarks: int = Field(default=98, ge=1)
     warmup: int = Field(default=3, ge=0)
-    repeats: int = Field(default=10, ge=1)
+    repeats: int = Field(default=10, ge=1, description="timed calls per decoder and size; the median is reported")
     devices: list[Literal["cpu", "cuda"]] = Field(default=["cpu"])
+    seed: int = Field(default=0, description="seed of the benchmark heatmaps")
 
 
 class SweepsSection(Section):
-    """Ablations of Figure 5: decoder knobs on saved heatmaps, MA weight by training."""
+    """Ablations of Figure 5 on one dataset x heatmap size: decoder knobs on saved heatmaps, MA weight by training."""
 
-    dataset: str = "300w"
-    heatmap_size: HeatmapSize = 32
-    region: list[float] = Field(default=[1, 2, 3, 4, 6, 8], description="POPoS search region side, heatmap px")
-    samples_per_pixel: list[float] = Field(default=[1, 2, 4, 8, 16])
-    anchors: list[int] = Field(default=[5, 10, 15, 20, 25, 30, 40])
-    ma_weight: list[float] = Field(default=[0, 1, 2, 4, 6, 8, 10])
+    dataset: DatasetName = Field(default="300w", description="dataset of every sweep (the paper: 300W)")
+    heatmap_size: HeatmapSize = Field(default=32, description="heatmap side of every sweep (the paper: 32)")
+    loss: Loss = Field(default="mse_ma", description="loss of the model whose saved heatmaps the decoder sweeps decode")
+    method: Literal["popos", "popos_authors"] = Field(
+        default="popos", description="the POPoS variant swept (ours, or ours set to the authors' decoder)"
+    )
+    region: list[float] = Field(
+        default=[0.5, 1, 1.5, 2, 3, 4, 6, 8], min_length=1, description="POPoS search region side, heatmap px"
+    )
+    samples_per_pixel: list[float] = Field(
+        default=[1, 2, 4, 6, 8, 10, 12, 16, 20], min_length=1, description="POPoS candidates per heatmap px (tau)"
+    )
+    anchors: list[int] = Field(
+        default=[4, 5, 10, 15, 20, 25, 30, 40, 50], min_length=1, description="POPoS anchors K (top-K responses)"
+    )
+    ma_weight: list[float] = Field(
+        default=[0, 1, 2, 4, 6, 8, 10], min_length=1, description="w in L_MSE + w * L_MA; one model per value"
+    )
+
+    @field_validator("samples_per_pixel", "anchors")
+    @classmethod
+    def _positive(cls, value: list) -> list:
+        if any(v <= 0 for v in value):
+            raise ValueError(f"every value must be > 0, got {value}")
+        return value
+
+    @field_validator("region", "ma_weight")
+    @classmethod
+    def _non_negative(cls, value: list[float]) -> list[float]:
+        if any(v < 0 for v in value):
+            raise ValueError(f"every value must be >= 0, got {value}")
+        return value
 
 
 class ReportSection(Section):
     """The generated report."""
 
     title: str = "popos: facial landmark decoding at 64 to 4 pixel heatmaps"
-    overlay_faces: int = Field(default=4, ge=1, description="faces drawn in Figure 6")
+    main_loss: Loss = Field(
+        default="mse_ma", description="loss of the models in Table 1, the radar plots, CED curves and Figure 6"
+    )
+    overlay_faces: int = Field(default=4, ge=1, description="test faces drawn in Figure 6")
+    overlay_sizes: list[HeatmapSize] = Field(default=[8, 4], min_length=1, description="heatmap sizes of Figure 6")
 
 
 class Params(Section):
@@ -163,6 +249,24 @@ class Params(Section):
     bench: BenchSection = BenchSection()
     sweeps: SweepsSection = SweepsSection()
     report: ReportSection = ReportSection()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Params:
+        problems = []
+        if self.report.main_loss not in self.grid.losses:
+            problems.append(f"report.main_loss {self.report.main_loss!r} is not in grid.losses {self.grid.losses}")
+        missing = sorted(set(self.report.overlay_sizes) - set(self.grid.heatmap_sizes))
+        if missing:
+            problems.append(f"report.overlay_sizes {missing} are not in grid.heatmap_sizes {self.grid.heatmap_sizes}")
+        for needed, user in (("popos", "Table 1"), (self.sweeps.method, "sweeps.method")):
+            if needed not in self.decode.methods:
+                problems.append(f"decode.methods {self.decode.methods} lacks {needed!r} ({user} uses it)")
+        too_many = [k for k in self.sweeps.anchors if k > self.sweeps.heatmap_size**2]
+        if too_many:
+            problems.append(f"sweeps.anchors {too_many} exceed the {self.sweeps.heatmap_size}^2 heatmap pixels")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class ParamsError(ValueError):
@@ -191,6 +295,21 @@ def parse_override(text: str) -> dict:
     return node
 
 
+def validate_params(data: dict, source: str = "defaults") -> Params:
+    """Validate a merged params mapping (as Snakemake's ``config``); ``source`` names it in errors."""
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            expected = str(err.get("ctx", {}).get("expected", ""))
+            allowed = f" (allowed: {expected})" if expected and expected not in err["msg"] else ""
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {key + ': ' if key else ''}{msg}{allowed}")
+        raise ParamsError(f"invalid params in {source}:\n" + "\n".join(lines)) from None
+
+
 def load_params(*paths: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Params:
     """Read, merge and validate params files (later files override earlier ones), then ``overrides``."""
     merged: dict = {}
@@ -207,13 +326,4 @@ def load_params(*paths: str | Path, overrides: list[str] | tuple[str, ...] = ())
         merged = _merge(merged, data)
     for text in overrides:
         merged = _merge(merged, parse_override(text))
-    try:
-        return Params.model_validate(merged)
-    except ValidationError as exc:
-        sources = ", ".join(str(p) for p in paths) or "defaults"
-        lines = []
-        for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"])
-            allowed = f" (allowed: {err['ctx']['expected']})" if "expected" in err.get("ctx", {}) else ""
-            lines.append(f"  {key}: {err['msg']}{allowed}")
-        raise ParamsError(f"invalid params in {sources}:\n" + "\n".join(lines)) from None
+    return validate_params(merged, ", ".join(str(p) for p in paths) or "defaults")

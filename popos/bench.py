@@ -1,0 +1,122 @@
+"""Decoder speed benchmark: every decoder variant at every heatmap size, on realistic heatmaps.
+
+The heatmaps are unbiased Gaussians at random points in the central part of the input with the
+``ampnoise`` perturbation of :mod:`popos.oracle` (peak ``x U(0.6, 1)`` per landmark, ``+ N(0, 0.02^2)``),
+so that iterative decoders do the work they do on network outputs. Each decoder is called ``warmup``
+times, then timed ``repeats`` times (CUDA is synchronised around each call); the median is reported, with
+the ratio to ``one_hot`` measured in the same run.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from popos.io import write_csv_atomic
+from popos.oracle import oracle_heatmaps, random_points, seeded_generator
+
+COLUMNS = ["device", "heatmap_size", "method", "batch", "ms", "faces_per_s", "ratio_to_one_hot"]
+REFERENCE = "one_hot"
+
+
+def _device(device: str) -> torch.device:
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' was asked for but torch.cuda.is_available() is False")
+    return torch.device(device)
+
+
+def _median_ms(fn, warmup: int, repeats: int, dev: torch.device) -> float:
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times))
+
+
+def bench_decoders(
+    device: str,
+    batch: int,
+    num_landmarks: int,
+    heatmap_sizes: list[int],
+    warmup: int,
+    repeats: int,
+    out: str | Path | None = None,
+    *,
+    methods: list[str] | None = None,
+    sigma: float = 2.0,
+    popos_options: dict | None = None,
+    seed: int = 0,
+    input_size: int = 256,
+) -> pd.DataFrame:
+    """Time each decoder variant on ``[batch, num_landmarks, H, H]`` heatmaps for each ``H`` in ``heatmap_sizes``.
+
+    ``methods`` defaults to every variant of ``popos.decoders.VARIANTS``; ``one_hot`` is always timed too, as
+    the reference of ``ratio_to_one_hot`` (``ms / ms of one_hot``: how many times slower). ``sigma`` (heatmap
+    px) and ``popos_options`` go to the decoders as in evaluation (``popos.evaluate.resolve_variants``).
+    Prints the table and, with ``out``, writes it as CSV (atomically). Returns a DataFrame with the columns
+    ``COLUMNS``: ``ms`` per batch (median), ``faces_per_s = batch / ms * 1000``.
+    """
+    from popos.decoders import VARIANTS, decode
+    from popos.evaluate import resolve_variants
+
+    dev = _device(device)
+    for name, value in (("batch", batch), ("num_landmarks", num_landmarks), ("repeats", repeats)):
+        if value < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {value}")
+    if warmup < 0:
+        raise ValueError(f"warmup: expected a non-negative integer, got {warmup}")
+    names = list(VARIANTS) if methods is None else list(methods)
+    unknown = [m for m in names if m not in VARIANTS]
+    if unknown:
+        raise ValueError(f"methods: unknown decoder variants {unknown}; available: {', '.join(VARIANTS)}")
+    if REFERENCE not in names:
+        names.insert(0, REFERENCE)
+    variants = resolve_variants(names, popos_options)
+    points = random_points(batch, num_landmarks, input_size, "center", seeded_generator(seed))
+    rows = []
+    progress = tqdm(total=len(heatmap_sizes) * len(names), desc=f"bench decoders ({device})", unit="run")
+    for size in heatmap_sizes:
+        maps = oracle_heatmaps(points, "ampnoise", size, input_size=input_size, sigma=sigma,
+                               generator=seeded_generator(seed, size)).to(dev)
+        for name in names:
+            method, options = variants[name]
+            call = partial(decode, maps, method, sigma=sigma, **options)
+            ms = _median_ms(call, warmup, repeats, dev)
+            rows.append({"device": device, "heatmap_size": size, "method": name, "batch": batch, "ms": ms,
+                         "faces_per_s": batch / ms * 1000.0})
+            progress.update()
+    progress.close()
+    table = pd.DataFrame(rows)
+    reference = table[table.method == REFERENCE].set_index("heatmap_size").ms
+    table["ratio_to_one_hot"] = table.ms / table.heatmap_size.map(reference)
+    table = table[COLUMNS]
+    print(f"decoder speed on {device}: batch {batch} x {num_landmarks} landmarks, median of {repeats} calls")
+    print(format_bench_table(table))
+    if out is not None:
+        write_csv_atomic(table, out)
+    return table
+
+
+def format_bench_table(table: pd.DataFrame) -> str:
+    """The benchmark as text: one line per device x size x decoder: ms per batch, faces/s, ratio to one_hot."""
+    shown = table.assign(
+        ms=table.ms.map("{:.3f}".format),
+        faces_per_s=table.faces_per_s.map("{:,.0f}".format),
+        ratio_to_one_hot=table.ratio_to_one_hot.map("{:.1f}x".format),
+    )
+    names = {"heatmap_size": "size", "ms": "ms/batch", "faces_per_s": "faces/s", "ratio_to_one_hot": "vs one_hot"}
+    return shown.rename(columns=names).to_string(index=False)

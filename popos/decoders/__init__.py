@@ -1,0 +1,50 @@
+"""Heatmap decoders: ``decode(heatmaps, method, **options)`` and the registry of methods.
+
+``heatmaps [..., K, H, W]`` (any leading dims; float16, bfloat16 or float32, computed in float32; CPU or
+CUDA) -> ``[..., K, 2]`` float32 ``(x, y)`` in heatmap px on the same device, pixel ``i`` centred at ``i``
+(input px = heatmap px x stride, see :mod:`popos.geometry`). ``sigma`` is the Gaussian's standard
+deviation in heatmap px.
+
+Six methods (:data:`METHODS`): ``one_hot``, ``two_hot`` (:mod:`.argmax`), ``dark`` (:mod:`.dark`),
+``keyposs``, ``igno`` (:mod:`.multilateration`) and ``popos`` (:mod:`.popos`). :data:`VARIANTS` names them
+plus ``popos_authors``, our ``popos`` set to the authors' released decoder.
+
+>>> import torch
+>>> from popos.codec import encode_heatmaps
+>>> hm = encode_heatmaps(torch.tensor([[[10.3, 20.7]]]), 64)  # [1, 1, 64, 64]
+>>> decode(hm, "popos").tolist()
+[[[10.300000190734863, 20.700000762939453]]]
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from torch import Tensor
+
+from popos.decoders import argmax, dark, multilateration, popos  # noqa: F401 (registers the methods)
+from popos.decoders.base import METHODS, register
+from popos.decoders.popos import PRESETS, default_anchors
+
+#: display name -> (method, options): every method under its own name, and the authors' POPoS
+VARIANTS: dict[str, tuple[str, dict]] = {name: (name, {}) for name in METHODS}
+VARIANTS["popos_authors"] = ("popos", {"preset": "authors"})
+
+__all__ = ["METHODS", "PRESETS", "VARIANTS", "decode", "default_anchors", "register"]
+
+
+def decode(heatmaps: Tensor, method: str, *, sigma: float = 2.0, **options) -> Tensor:
+    """Decode ``[..., K, H, W]`` heatmaps with a method or variant name -> ``[..., K, 2]`` heatmap px.
+
+    ``method`` is a key of :data:`METHODS` or :data:`VARIANTS`; ``options`` override the variant's.
+    Unknown names and options raise ``ValueError`` listing the valid ones.
+    """
+    if method not in VARIANTS:
+        raise ValueError(f"unknown decoder {method!r}; available: {', '.join(VARIANTS)}")
+    name, preset = VARIANTS[method]
+    fn = METHODS[name]
+    allowed = [p for p, v in inspect.signature(fn).parameters.items() if v.kind is v.KEYWORD_ONLY and p != "sigma"]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"decoder {method!r} has no option(s) {unknown}; valid: {', '.join(allowed) or 'none'}")
+    return fn(heatmaps, sigma=sigma, **{**preset, **options})

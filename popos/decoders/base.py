@@ -1,0 +1,130 @@
+"""What every decoder shares: the registry, input checks, the argmax and local windows around it.
+
+Coordinates are ``(x, y)`` in heatmap pixels, pixel ``i`` centred at ``i``. Decoders see the heatmaps
+flattened to ``[B, H, W]`` (``B`` = all leading dims) and return ``[B, 2]``; :func:`flat_maps` and
+:func:`unflatten` convert.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+Decoder = Callable[..., Tensor]
+
+#: name -> decoder ``fn(heatmaps, *, sigma=2.0, **options) -> [..., K, 2]``, filled by :func:`register`.
+METHODS: dict[str, Decoder] = {}
+
+#: decoded points may leave the map by at most this many heatmap px (a peak just outside the map is
+#: still observable); it keeps degenerate fits finite and near the map.
+MARGIN = 1.0
+
+
+def register(name: str) -> Callable[[Decoder], Decoder]:
+    """Decorator adding a decoder to :data:`METHODS` under ``name``."""
+
+    def add(fn: Decoder) -> Decoder:
+        if name in METHODS:
+            raise ValueError(f"decoder {name!r} is registered twice")
+        METHODS[name] = fn
+        return fn
+
+    return add
+
+
+def flat_maps(heatmaps: Tensor, min_size: int = 1) -> Tensor:
+    """Check ``[..., K, H, W]`` heatmaps and view them as ``[B, H, W]`` (dtype and device unchanged).
+
+    Raises ``TypeError`` for a non-tensor or non-float dtype, ``ValueError`` for rank < 3, a side below
+    ``min_size``, or NaN/inf values (the message says how many).
+    """
+    if not isinstance(heatmaps, Tensor):
+        raise TypeError(f"heatmaps must be a torch.Tensor [..., K, H, W], got {type(heatmaps).__name__}")
+    if heatmaps.ndim < 3:
+        raise ValueError(f"heatmaps must have shape [..., K, H, W] (rank >= 3), got {tuple(heatmaps.shape)}")
+    if not heatmaps.is_floating_point():
+        raise TypeError(f"heatmaps must be float16, bfloat16, float32 or float64, got {heatmaps.dtype}")
+    h, w = heatmaps.shape[-2:]
+    if h < min_size or w < min_size:
+        raise ValueError(f"heatmaps must be at least {min_size} x {min_size} for this decoder, got {h} x {w}")
+    # a float32 sum is one cheap pass and is non-finite whenever a value is; count only then (it may
+    # also overflow on huge finite values, which the count clears)
+    if heatmaps.numel() and not torch.isfinite(heatmaps.sum(dtype=torch.float32)):
+        bad = int((~torch.isfinite(heatmaps)).sum())
+        if bad:
+            raise ValueError(f"heatmaps hold {bad} non-finite values (NaN or inf) out of {heatmaps.numel()}")
+    return heatmaps.reshape(-1, h, w)
+
+
+def unflatten(coords: Tensor, heatmaps: Tensor) -> Tensor:
+    """``[B, 2]`` coordinates -> ``[..., K, 2]`` float32 with the leading dims of ``heatmaps``."""
+    return coords.float().reshape(*heatmaps.shape[:-2], 2)
+
+
+def argmax_xy(maps: Tensor) -> tuple[Tensor, Tensor]:
+    """Integer ``(x, y)`` of each map's maximum, two int64 ``[B]``; ties go to the first in row-major order."""
+    w = maps.shape[-1]
+    idx = maps.reshape(maps.shape[0], -1).argmax(-1)
+    return idx % w, torch.div(idx, w, rounding_mode="floor")
+
+
+def window(maps: Tensor, cx: Tensor, cy: Tensor, side: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Float32 ``[B, h, w]`` window of side ``side`` (cut to the map) centred on ``(cx, cy)``.
+
+    The window is shifted, not cut, at the borders, so it always lies inside the map: its top-left pixel
+    ``(x0, y0)`` (two int64 ``[B]``, returned too) is ``c - side // 2`` clamped to ``[0, size - side]``.
+    """
+    n, height, width = maps.shape
+    sy, sx = min(side, height), min(side, width)
+    x0 = (cx - sx // 2).clamp(0, width - sx)
+    y0 = (cy - sy // 2).clamp(0, height - sy)
+    rows = (torch.arange(n, device=maps.device) * (height * width) + y0 * width + x0)[:, None, None]
+    idx = rows + torch.arange(sy, device=maps.device)[:, None] * width + torch.arange(sx, device=maps.device)
+    values = maps.reshape(-1).index_select(0, idx.reshape(-1)).reshape(n, sy, sx)
+    return values.float(), x0, y0
+
+
+def no_peak(values: Tensor) -> Tensor:
+    """Bool ``[B]``: the pixels ``values [B, ...]`` around a maximum show no peak (all <= 0, or all equal).
+
+    Fits are meaningless there; decoders return the argmax instead.
+    """
+    flat = values.reshape(values.shape[0], -1)
+    top = flat.amax(-1)
+    return (top <= 0) | (top == flat.amin(-1))
+
+
+def clamp_to_map(coords: Tensor, height: int, width: int) -> Tensor:
+    """Clamp ``[B, 2]`` points to the map extended by :data:`MARGIN` px on every side."""
+    lo = torch.tensor([-MARGIN, -MARGIN], device=coords.device)
+    hi = torch.tensor([width - 1 + MARGIN, height - 1 + MARGIN], device=coords.device)
+    return torch.maximum(torch.minimum(coords, hi), lo)
+
+
+def check_choice(name: str, value: object, choices: tuple) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    """``value`` as an int ``>= minimum``, else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_float(name: str, value: object, minimum: float, *, strict: bool = False) -> float:
+    """``value`` as a float ``>= minimum`` (``> minimum`` if ``strict``), else ``ValueError``."""
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value > minimum if strict else value >= minimum)
+    )
+    if not ok:
+        raise ValueError(f"{name} must be a number {'>' if strict else '>='} {minimum}, got {value!r}")
+    return float(value)

@@ -1,0 +1,252 @@
+"""Multilateration decoders: KeyPosS (linear least squares) and IGNO (Gauss-Newton), and their parts.
+
+A heatmap value ``h`` at anchor pixel ``a`` is read as a range: ``d^2 = -2 sigma^2 ln h`` is the squared
+distance from ``a`` to the Gaussian's centre ``p`` (:func:`popos.codec.distance_maps`), so each anchor
+gives one equation ``|a - p|^2 = d^2``. ``heatmaps [..., K, H, W] -> [..., K, 2]`` float32 ``(x, y)`` in
+heatmap px, pixel ``i`` centred at ``i``.
+
+The parts shared with :mod:`popos.decoders.popos`: top-K anchors in a window around the argmax, the
+per-anchor range residuals, and a batched, damped Gauss-Newton (Levenberg-Marquardt) loop.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from popos.codec import distance_maps
+from popos.decoders.base import (
+    argmax_xy,
+    check_choice,
+    check_float,
+    check_int,
+    clamp_to_map,
+    flat_maps,
+    no_peak,
+    register,
+    unflatten,
+    window,
+)
+
+#: the authors' Gauss-Newton anchor count per heatmap side (KeyPosS ``keypoints_from_heatmaps_tril_topK``)
+IGNO_ANCHORS = {64: 30, 32: 30, 16: 30, 8: 15, 4: 10}
+IGNO_ANCHORS_OTHER = 30
+#: a clipped heatmap value below this reads as the farthest range (as the authors' code)
+EPS = 1e-9
+
+# evaluate(theta [B, 3]) -> (cost [B], J^T W J [B, 3, 3], J^T W r [B, 3]) of a least-squares problem
+Evaluate = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+
+
+def anchor_window(anchors: int) -> int:
+    """Side of the square window around the argmax that holds the ``anchors`` largest pixels of a peak.
+
+    The K nearest pixels to a point lie within ``sqrt(K / pi)`` plus about a pixel of it, and the point
+    is within half a pixel of the argmax per axis. ``anchor_window(30) == 11``.
+    """
+    return 2 * math.ceil(math.sqrt(anchors / math.pi) + 1) + 1
+
+
+def top_anchors(maps: Tensor, x: Tensor, y: Tensor, anchors: int, side: int) -> tuple[Tensor, Tensor]:
+    """The ``anchors`` largest pixels in a ``side`` window around each argmax ``(x, y)`` (int64 ``[B]``).
+
+    ``maps [B, H, W]`` -> values float32 ``[B, K]`` (in no particular order) and pixel coordinates ``[B, K, 2]``
+    ``(x, y)``; ``K = min(anchors, pixels in the window)``. The authors take the top K of the whole map;
+    on a single peak that is the same set, and the window keeps a second peak from lending anchors.
+    """
+    values, x0, y0 = window(maps, x, y, side)
+    n, wy, wx = values.shape
+    top, idx = values.reshape(n, -1).topk(min(anchors, wy * wx), dim=-1, sorted=False)
+    coords = torch.stack([x0[:, None] + idx % wx, y0[:, None] + torch.div(idx, wx, rounding_mode="floor")], -1)
+    return top, coords.float()
+
+
+def linear_least_squares(anchors: Tensor, d2: Tensor) -> Tensor:
+    """KeyPosS's linearised multilateration: ``[B, K, 2]`` anchors, ``[B, K]`` squared ranges -> ``[B, 2]``.
+
+    Subtracting the last anchor's equation from the others cancels ``|p|^2`` and leaves the linear system
+    ``2 (a_L - a_i) . p = d_i^2 - d_L^2 + |a_L|^2 - |a_i|^2``, solved by normal equations (Cramer's rule on
+    2 x 2); where the anchors are collinear (singular system) the result is the last anchor. Only range
+    differences enter, so a common offset of all ``d^2`` (a heatmap scaled by a constant, as long as no
+    value is clipped at 1) does not change the result.
+    """
+    ref = anchors[:, -1:]
+    rel = anchors[:, :-1] - ref  # equations in coordinates relative to the last anchor
+    rows = -rel
+    rhs = 0.5 * (d2[:, :-1] - d2[:, -1:] - (rel**2).sum(-1))
+    mxx, myy = (rows[..., 0] ** 2).sum(-1), (rows[..., 1] ** 2).sum(-1)
+    mxy = (rows[..., 0] * rows[..., 1]).sum(-1)
+    bx, by = (rows[..., 0] * rhs).sum(-1), (rows[..., 1] * rhs).sum(-1)
+    det = mxx * myy - mxy**2
+    ok = det > 1e-6 * (mxx * myy).clamp_min(1e-12)
+    det = torch.where(ok, det, torch.ones_like(det))
+    p = torch.stack([myy * bx - mxy * by, mxx * by - mxy * bx], -1) / det[:, None]
+    return ref[:, 0] + torch.where(ok[:, None], p, torch.zeros_like(p))
+
+
+def keyposs_station(maps: Tensor, x: Tensor, y: Tensor, sigma: float) -> Tensor:
+    """KeyPosS's 4-anchor estimate on ``maps [B, H, W]`` (H, W >= 2) with argmax ``(x, y)`` -> ``[B, 2]`` px.
+
+    Anchors: of the 2 x 2 blocks inside the map that contain the argmax, the one with the largest sum
+    (first in row-major order on ties). The authors scan the blocks with top-left corner up to 2 px
+    above/left of the argmax, some of which miss it, and never use the last row or column.
+    """
+    n, height, width = maps.shape
+    corner = torch.tensor([[-1, -1], [0, -1], [-1, 0], [0, 0]], device=maps.device)  # block top-left - argmax
+    bx = (x[:, None] + corner[:, 0]).clamp(0, width - 2)  # [B, 4 blocks]
+    by = (y[:, None] + corner[:, 1]).clamp(0, height - 2)
+    cell = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1]], device=maps.device)  # pixel in block, row-major
+    ax = bx[:, :, None] + cell[:, 0]  # [B, 4 blocks, 4 pixels]
+    ay = by[:, :, None] + cell[:, 1]
+    values = maps.reshape(n, -1).gather(1, (ay * width + ax).reshape(n, -1)).float().reshape(n, 4, 4)
+    best = values.sum(-1).argmax(-1)[:, None, None]
+    pick = torch.stack([ax, ay], -1).gather(1, best[..., None].expand(-1, 1, 4, 2))[:, 0].float()
+    d2 = distance_maps(values.gather(1, best.expand(-1, 1, 4))[:, 0], sigma, EPS, squared=True)
+    return linear_least_squares(pick, d2)
+
+
+@register("keyposs")
+def keyposs(heatmaps: Tensor, *, sigma: float = 2.0) -> Tensor:
+    """KeyPosS (Bao et al., ACM MM 2023): linear least squares on a 2 x 2 block of anchors at the peak.
+
+    ``[..., K, H, W] -> [..., K, 2]`` heatmap px (H, W >= 2); see :func:`keyposs_station` and
+    :func:`linear_least_squares`. Exact on clean Gaussians of width ``sigma`` and unchanged by a
+    constant factor on the heatmap (while no value exceeds 1); sensitive to noise (4 anchors, no weighting).
+    """
+    check_float("sigma", sigma, 0.0, strict=True)
+    maps = flat_maps(heatmaps, min_size=2)
+    x, y = argmax_xy(maps)
+    return unflatten(clamp_to_map(keyposs_station(maps, x, y, sigma), *maps.shape[1:]), heatmaps)
+
+
+def range_residuals(anchors: Tensor, d2: Tensor, objective: str) -> Evaluate:
+    """Least-squares form of the range equations of ``[B, K, 2]`` anchors with ``[B, K]`` squared ranges.
+
+    ``theta = (x, y, c)``. ``"l2"`` (the paper's Eq. 3 plus a common offset ``c``, the pseudo-range clock
+    bias): ``r = |a - p|^2 + c - d^2``, cost ``sum r^2``. ``"l1"`` (the authors' code):
+    ``r = |a - p| - d``, cost ``sum |r|``, minimised by iteratively reweighted least squares (weights
+    ``1 / |r|``); ``c`` is unused. Returns :data:`Evaluate` for :func:`gauss_newton`.
+    """
+    if objective == "l2":
+        return _squared_range_residuals(anchors, d2)
+    d = d2.clamp_min(0).sqrt()
+    zero = torch.zeros_like(d2)[..., None]
+
+    def evaluate(theta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        u = anchors - theta[:, None, :2]
+        rho = (u * u).sum(-1).clamp_min(1e-12).sqrt()
+        r = rho - d
+        jac = torch.cat([-u / rho[..., None], zero], -1)
+        wjac = jac / r.abs().clamp_min(1e-4)[..., None]
+        return r.abs().sum(-1), torch.einsum("bki,bkj->bij", wjac, jac), torch.einsum("bki,bk->bi", wjac, r)
+
+    return evaluate
+
+
+def _squared_range_residuals(anchors: Tensor, d2: Tensor) -> Evaluate:
+    """The ``"l2"`` case of :func:`range_residuals`.
+
+    ``r_k = e_k - 2 a_k . p + q`` with ``e = |a|^2 - d^2`` and ``q = |p|^2 + c`` is linear in the anchor
+    terms, so ``J^T J`` and ``J^T r`` (``J_k = (-2 (a_k - p), 1)``) come from a few per-heatmap sums of
+    the anchors computed once; only the cost is summed anchor by anchor, to keep it exact. Coordinates
+    are taken relative to the anchors' mean, which zeroes ``sum a``.
+    """
+    centre = anchors.mean(1, keepdim=True)
+    a = anchors - centre
+    e = (a * a).sum(-1) - d2
+    k = torch.full_like(e[:, 0], anchors.shape[1])
+    s_aa = torch.einsum("bki,bkj->bij", a, a)  # [B, 2, 2]
+    s_e, s_ea = e.sum(-1), torch.einsum("bk,bki->bi", e, a)
+
+    def evaluate(theta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        p = theta[:, :2] - centre[:, 0]
+        q = (p * p).sum(-1) + theta[:, 2]
+        r = e - 2 * (a * p[:, None]).sum(-1) + q[:, None]
+        sum_r = s_e + k * q
+        sum_ru = s_ea - 2 * (s_aa * p[:, None, :]).sum(-1) - p * sum_r[:, None]  # sum r (a - p)
+        sum_u = -k[:, None] * p
+        sum_uu = s_aa + k[:, None, None] * p[:, :, None] * p[:, None, :]
+        jtj = torch.cat(
+            [torch.cat([4 * sum_uu, -2 * sum_u[:, :, None]], -1), torch.cat([-2 * sum_u, k[:, None]], -1)[:, None]], 1
+        )
+        jtr = torch.cat([-2 * sum_ru, sum_r[:, None]], -1)
+        return (r * r).sum(-1), jtj, jtr
+
+    return evaluate
+
+
+def gauss_newton(
+    evaluate: Evaluate,
+    theta: Tensor,
+    iterations: int,
+    *,
+    free: tuple[bool, bool, bool],
+    slack: Tensor | float = 0.0,
+    tol: float = 1e-3,
+) -> Tensor:
+    """Batched damped Gauss-Newton (Levenberg-Marquardt) from ``theta [B, 3]``; returns ``[B, 3]``.
+
+    Each step solves ``(J^T W J + lam diag(J^T W J)) delta = -J^T W r`` for the parameters marked in
+    ``free``, keeps the trial point only where it does not raise the cost by more than ``slack`` (the
+    cost's rounding error, ``[B]`` or a number; else it stays and raises ``lam`` tenfold; on success
+    ``lam`` drops tenfold), and stops early once no step exceeds ``tol`` (in the units of ``theta``, heatmap
+    px for the position). Singular systems give a zero
+    step, so the better point (up to ``slack``) is always returned.
+    """
+    fixed = torch.tensor([not f for f in free], device=theta.device)
+    cost, jtj, jtr = evaluate(theta)
+    lam = torch.full_like(cost, 1e-3)
+    for _ in range(iterations):
+        a = jtj + lam[:, None, None] * torch.diagonal(jtj, dim1=1, dim2=2).diag_embed()
+        rhs = -jtr
+        if not all(free):  # fixed parameters: identity row and column, zero right-hand side, so zero step
+            a = torch.where(fixed[:, None] | fixed[None, :], torch.eye(3, device=theta.device), a)
+            rhs = torch.where(fixed, 0.0, rhs)
+        step, info = torch.linalg.solve_ex(a, rhs)
+        step = torch.where(((info == 0) & torch.isfinite(step).all(-1))[:, None], step, 0.0)
+        trial = theta + step
+        trial_cost, trial_jtj, trial_jtr = evaluate(trial)
+        better = trial_cost < cost + slack
+        theta = torch.where(better[:, None], trial, theta)
+        cost = torch.where(better, trial_cost, cost)
+        jtj = torch.where(better[:, None, None], trial_jtj, jtj)
+        jtr = torch.where(better[:, None], trial_jtr, jtr)
+        lam = lam * torch.where(better, 0.1, 10.0)
+        if not bool((step.abs() > tol).any()):
+            break
+    return theta
+
+
+@register("igno")
+def igno(
+    heatmaps: Tensor, *, sigma: float = 2.0, anchors: int | None = None, iterations: int = 20, objective: str = "l2"
+) -> Tensor:
+    """IGNO (the paper's Eq. 3 and 6): Gauss-Newton on the range equations of the top-K anchors.
+
+    ``[..., K, H, W] -> [..., K, 2]`` heatmap px. As the authors' KeyPosS decoder: ``anchors`` largest
+    pixels (default :data:`IGNO_ANCHORS` for the map side, else 30), ranges ``d^2 = -2 sigma^2 ln h`` with
+    ``h`` clipped to ``[1e-9, 1]``, start at the argmax, at most ``iterations`` unweighted steps (fewer
+    once every step is below 1e-3 px) on the
+    squared-range residuals ``|a - p|^2 - d^2`` (``objective="l2"``; ``"l1"``: range residuals). Unlike
+    the authors' loop it is batched, damped, and never returns a worse point than it had (theirs keeps a
+    step that raised the cost and occasionally diverges); anchors come from a window around the argmax
+    (:func:`top_anchors`). No amplitude handling: peaks below 1 bias the ranges, as upstream. Maps
+    with no peak among the anchors (:func:`~popos.decoders.base.no_peak`) give the argmax.
+    """
+    maps = flat_maps(heatmaps, min_size=2)
+    _, height, width = maps.shape
+    k = IGNO_ANCHORS.get(height, IGNO_ANCHORS_OTHER) if height == width else IGNO_ANCHORS_OTHER
+    check_float("sigma", sigma, 0.0, strict=True)
+    k = check_int("anchors", k if anchors is None else anchors, 3)
+    check_int("iterations", iterations, 0)
+    check_choice("objective", objective, ("l2", "l1"))
+    x, y = argmax_xy(maps)
+    values, coords = top_anchors(maps, x, y, k, anchor_window(k))
+    d2 = distance_maps(values, sigma, EPS, squared=True)
+    start = torch.stack([x.float(), y.float(), torch.zeros_like(x, dtype=torch.float32)], -1)
+    theta = gauss_newton(range_residuals(coords, d2, objective), start, iterations, free=(True, True, False))
+    p = torch.where(no_peak(values)[:, None], start[:, :2], clamp_to_map(theta[:, :2], height, width))
+    return unflatten(p, heatmaps)

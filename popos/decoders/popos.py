@@ -1,0 +1,363 @@
+"""POPoS: pseudo-range multilateration by parallel search over a candidate grid, then Gauss-Newton.
+
+``heatmaps [..., K, H, W] -> [..., K, 2]`` float32 ``(x, y)`` in heatmap px, pixel ``i`` centred at ``i``.
+
+The paper (AAAI 2025, section 3.3) reads the heatmap value at each anchor pixel ``a_i`` as a range,
+``d_i^2 = -2 sigma^2 ln h_i``, and picks, from a grid of candidate points around the peak, the one that
+best satisfies the range equations ``|a_i - p|^2 = d_i^2``. Ours keeps that search and adds:
+
+* **the pseudo-range offset**: a network's peak has an unknown amplitude ``A`` (MSE training gives
+  ``A < 1``), and ``ln h = ln A - |a - p|^2 / (2 sigma^2)`` adds the same ``c = -2 sigma^2 ln A`` to every
+  squared range, like a GPS receiver's clock bias. It is solved jointly with the position
+  (``amplitude="joint"``) instead of assumed zero (the authors' decoder errs by 65 input px at 4 x 4 for
+  ``A = 0.7``) or divided out by the maximum (which biases clean maps);
+* **the maximum-likelihood objective** ``"ml"``: the range equations mapped back through the Gaussian,
+  ``r_i = A exp(-|a_i - p|^2 / (2 sigma^2)) - h_i``, i.e. squared-range residuals weighted by the inverse
+  of their noise variance under i.i.d. pixel noise (``var(d_i^2) ~ 1 / h_i^2``). Its parts are separable
+  in x and y, so the whole candidate grid costs two small matrix products per heatmap, over every pixel
+  of a window around the peak;
+* **a closed-form station**: the grid is centred on the vertex of the log-parabola through the argmax
+  and its neighbours on each axis (:func:`parabola_station`), exact for any clean Gaussian, so a small
+  grid (default 5 x 5 over 2 px) suffices;
+* **refinement**: a few damped Gauss-Newton steps on the same objective from the grid optimum, so the
+  result is exact on clean heatmaps at every size rather than limited to the grid spacing;
+* **bounded memory and batching**: one pass for all heatmaps; candidate x anchor tensors (objectives
+  ``"l1"``, ``"l2"``) are processed in chunks of at most :data:`CHUNK_ELEMENTS`.
+
+``preset="authors"`` reproduces the authors' released decoder (see :data:`AUTHORS_SIZES`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from popos.codec import distance_maps
+from popos.decoders.base import (
+    argmax_xy,
+    check_choice,
+    check_float,
+    check_int,
+    clamp_to_map,
+    flat_maps,
+    no_peak,
+    register,
+    unflatten,
+    window,
+)
+from popos.decoders.multilateration import (
+    EPS,
+    anchor_window,
+    gauss_newton,
+    keyposs_station,
+    range_residuals,
+    top_anchors,
+)
+
+#: the authors' anchors K and search region S (heatmap px) per heatmap side (POPoS
+#: ``keypoints_from_heatmaps_randomsample_lls``); other sides get :data:`AUTHORS_OTHER`
+AUTHORS_SIZES = {64: (30, 8.0), 32: (10, 8.0), 16: (20, 4.0), 8: (15, 3.0), 4: (10, 2.0)}
+AUTHORS_OTHER = (30, 8.0)
+#: our decoder's settings, at every heatmap size (``anchors=None``: every pixel of the window)
+OURS = dict(
+    anchors=None,
+    window=9,
+    station="parabola",
+    region=2.0,
+    samples_per_pixel=2.5,
+    grid_offset=0.0,
+    objective="ml",
+    amplitude="joint",
+    refine=1,
+)
+# [i, j] = y power i, x power j (flattened i * 3 + j) -> the order (ux, uy, 1) x (ux, uy, 1)
+_GN_LAYOUT = [2, 4, 1, 4, 6, 3, 1, 3, 0]
+#: most elements of one candidate x anchor tensor; the search runs over chunks of heatmaps that fit
+CHUNK_ELEMENTS = 1 << 22
+
+
+def authors_preset(height: int, width: int) -> dict:
+    """The authors' decoder as options of :func:`popos` for an ``height x width`` map.
+
+    Their K and S come from :data:`AUTHORS_SIZES` (square maps); the sampling step is ``tau = H / 128``
+    heatmap px (2 input px at a 256 input), so ``samples_per_pixel = 1 / tau`` and ``n = int(S / tau)``
+    candidates per axis spanning ``S`` (spacing ``S / (n - 1)``), shifted by ``-tau / 2``, centred on the
+    KeyPosS station; objective: sum of absolute range residuals; no amplitude handling; the grid
+    optimum is returned as is. Their anchors are the top K of the whole map, ours of a window around the
+    argmax large enough to hold them (the same set on a single peak).
+    """
+    anchors, region = AUTHORS_SIZES.get(height, AUTHORS_OTHER) if height == width else AUTHORS_OTHER
+    tau = height / 128
+    return dict(
+        anchors=anchors,
+        window=anchor_window(anchors),
+        station="keyposs",
+        region=region,
+        samples_per_pixel=1 / tau,
+        grid_offset=-tau / 2,
+        objective="l1",
+        amplitude="none",
+        refine=0,
+    )
+
+
+#: preset name -> ``fn(height, width) -> options``; options given to :func:`popos` override these
+PRESETS = {"popos": lambda height, width: dict(OURS), "authors": authors_preset}  # noqa: ARG005
+
+
+def default_anchors(heatmap_size: int) -> int:
+    """Anchors of our decoder at a square ``heatmap_size``: every pixel of its window, ``min(9, size)^2``.
+
+    >>> default_anchors(64), default_anchors(4)
+    (81, 16)
+    """
+    side = min(OURS["window"], check_int("heatmap_size", heatmap_size, 1))
+    return side * side
+
+
+def parabola_station(maps: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """Per axis, the vertex of the parabola through the log values of three pixels at the argmax ``(x, y)``.
+
+    ``maps [B, H, W]``, integer argmax ``[B]`` each -> ``[B, 2]`` heatmap px. The three pixels are the
+    argmax and its two neighbours along the axis (shifted inward at the border), so the result is exact
+    for any Gaussian, of any amplitude, and takes a handful of operations. Where the parabola does not
+    open downward, its vertex is more than a pixel from the argmax, or the map is narrower than 3 px,
+    that axis keeps the argmax.
+    """
+    n, height, width = maps.shape
+    flat = maps.reshape(n, -1)
+
+    def vertex(pos: Tensor, size: int, stride: int, base: Tensor) -> Tensor:
+        if size < 3:
+            return pos.float()
+        c = pos.clamp(1, size - 2)
+        idx = (base + c * stride)[:, None] + stride * torch.tensor([-1, 0, 1], device=maps.device)
+        logs = torch.log(flat.gather(1, idx).float().clamp_min(EPS))
+        curvature = logs[:, 0] - 2 * logs[:, 1] + logs[:, 2]
+        v = c + 0.5 * (logs[:, 0] - logs[:, 2]) / torch.where(curvature < 0, curvature, -1.0)
+        return torch.where((curvature < 0) & ((v - pos).abs() <= 1), v, pos.float())
+
+    return torch.stack([vertex(x, width, 1, y * width), vertex(y, height, width, x)], -1)
+
+
+def _chunks(n: int, per_item: int) -> list[slice]:
+    step = max(1, CHUNK_ELEMENTS // max(per_item, 1))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def _grid(region: float, samples_per_pixel: float, offset: float, device: torch.device) -> Tensor:
+    """Candidate offsets along one axis: ``int(region * samples_per_pixel)`` points spanning ``region``."""
+    n = max(1, math.floor(region * samples_per_pixel + 1e-9))
+    steps = torch.linspace(-region / 2, region / 2, n, device=device) if n > 1 else torch.zeros(1, device=device)
+    return steps + offset
+
+
+def _gaussians(coords: Tensor, centres: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
+    """``u = coords - centre`` and ``exp(-u^2 / 2 sigma^2)``, both ``[B, 2, ..., w]``, for pixel coordinates
+    ``[B, 2, w]`` and centres ``[B, 2, ...]`` (axis 1: x, y)."""
+    u = coords.reshape(*coords.shape[:2], *([1] * (centres.ndim - 2)), -1) - centres[..., None]
+    return u, torch.exp(u * u * (-0.5 / sigma**2))
+
+
+class _Window:
+    """Pixels of a square window around each peak, for the separable ``"ml"`` objective.
+
+    ``values [B, w, w]`` float32, ``mask`` (1 on anchors; ``None``: all pixels) and pixel coordinates
+    ``coords [B, 2, w]`` (x of the columns, y of the rows). The unit Gaussian at ``p`` is
+    ``g = gy(y) gx(x)``, so sums of ``g^2`` over an unmasked window factor into sums over rows and columns.
+    """
+
+    def __init__(self, maps: Tensor, centre_x: Tensor, centre_y: Tensor, side: int, anchors: int | None):
+        side = min(side, *maps.shape[1:])
+        self.values, x0, y0 = window(maps, centre_x, centre_y, side)
+        n = self.values.shape[0]
+        self.coords = (torch.stack([x0, y0], 1)[:, :, None] + torch.arange(side, device=maps.device)).float()
+        self.mask = None
+        if anchors is not None and anchors < side * side:
+            top = self.values.reshape(n, -1).topk(anchors, dim=-1).indices
+            self.mask = torch.zeros(n, side * side, device=maps.device).scatter_(1, top, 1.0).reshape(self.values.shape)
+        self.weighted = self.values if self.mask is None else self.values * self.mask
+        self.energy = (self.weighted * self.values).sum((1, 2))
+
+    def grid_scores(self, sl: slice, centres: Tensor, sigma: float, joint: bool) -> Tensor:
+        """ML cost (up to a constant) of every candidate ``(x_j, y_i)`` for ``centres [b, 2, n]``: ``[b, n, n]``."""
+        _, g = _gaussians(self.coords[sl], centres, sigma)  # [b, 2, n, w]
+        hg = torch.einsum("biy,byx,bjx->bij", g[:, 1], self.weighted[sl], g[:, 0])  # sum of h g over anchors
+        if self.mask is None:
+            sq = (g * g).sum(-1)
+            gg = sq[:, 1, :, None] * sq[:, 0, None, :]
+        else:
+            gg = torch.einsum("biy,byx,bjx->bij", g[:, 1] ** 2, self.mask[sl], g[:, 0] ** 2)
+        if joint:  # with the best amplitude A = hg / gg; a negative correlation is the worst fit
+            return -(hg.clamp_min(0) ** 2) / gg.clamp_min(1e-30)
+        return gg - 2 * hg
+
+    def moments(self, p: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
+        """Sums over the anchors at points ``p [B, 2]``, with ``u = pixel - p`` and ``g`` the unit Gaussian
+        at ``p``: ``[B, 3]`` of ``h g (ux, uy, 1)`` and ``[B, 3, 3]`` of ``g^2 (ux, uy, 1) (ux, uy, 1)^T``
+        (the Gauss-Newton matrix of ``A g`` up to the factors of ``A``)."""
+        u, g = _gaussians(self.coords, p, sigma)  # [B, 2, w]
+        hg = self.weighted * (g[:, 1, :, None] * g[:, 0, None, :])
+        marginals = torch.stack([hg.sum(1), hg.sum(2)], 1)  # over rows (a function of x), over columns
+        hgv = torch.cat([(marginals * u).sum(-1), marginals[:, 0].sum(-1, keepdim=True)], -1)
+        g2 = g * g
+        g2u = g2 * u
+        powers = torch.stack([g2, g2u, g2u * u], 2)  # [B, 2, 3, w]: g^2 (1, u, u^2) per axis
+        if self.mask is None:  # sum g^2 uy^i ux^j = (sum gy^2 uy^i)(sum gx^2 ux^j)
+            sq = powers.sum(-1)
+            sums = sq[:, 1, :, None] * sq[:, 0, None, :]
+        else:
+            sums = torch.einsum("biy,byx,bjx->bij", powers[:, 1], self.mask, powers[:, 0])
+        return hgv, sums.reshape(-1, 9)[:, _GN_LAYOUT].reshape(-1, 3, 3)
+
+    def amplitude(self, p: Tensor, sigma: float) -> Tensor:
+        """Least-squares peak amplitude ``sum h g / sum g^2`` at points ``p [B, 2]``: ``[B]``."""
+        hgv, sums = self.moments(p, sigma)
+        return hgv[:, 2] / sums[:, 2, 2].clamp_min(1e-30)
+
+    def evaluate(self, sigma: float):
+        """Least-squares form of the ML objective in ``theta = (x, y, A)`` for :func:`gauss_newton`."""
+        scale = torch.tensor([1 / sigma**2, 1 / sigma**2, 0.0], device=self.values.device)
+        unit = torch.tensor([0.0, 0.0, 1.0], device=self.values.device)
+
+        def evaluate(theta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            hgv, sums = self.moments(theta[:, :2], sigma)
+            a = theta[:, 2:]
+            # Jacobian of the model A g: (A g ux / s^2, A g uy / s^2, g) = d * g (ux, uy, 1)
+            d = a * scale + unit
+            jtj = sums * d[:, :, None] * d[:, None, :]
+            jtr = d * (a * sums[:, 2] - hgv)
+            cost = (a * (a * sums[:, 2, 2:] - 2 * hgv[:, 2:]))[:, 0] + self.energy
+            return cost, jtj, jtr
+
+        return evaluate
+
+
+def _range_grid_scores(anchors: Tensor, d2: Tensor, cx: Tensor, cy: Tensor, objective: str, joint: bool) -> Tensor:
+    """Range-equation cost of every candidate ``(cx[j], cy[i])``: ``[b, n_y, n_x]`` (see :func:`range_residuals`)."""
+    rho2 = (anchors[:, None, None, :, 1] - cy[:, :, None, None]) ** 2 + (
+        anchors[:, None, None, :, 0] - cx[:, None, :, None]
+    ) ** 2  # [b, n_y, n_x, K]
+    if objective == "l1":
+        return (rho2.sqrt() - d2.clamp_min(0).sqrt()[:, None, None]).abs().sum(-1)
+    r = rho2 - d2[:, None, None]
+    if joint:  # the best common offset c is the mean residual
+        r = r - r.mean(-1, keepdim=True)
+    return (r**2).sum(-1)
+
+
+def _settings(preset: str, height: int, width: int, given: dict) -> dict:
+    """The preset's options for the map size, overridden by the ``given`` ones that are not ``None``; checked."""
+    check_choice("preset", preset, tuple(PRESETS))
+    s = {**PRESETS[preset](height, width), **{k: v for k, v in given.items() if v is not None}}
+    if s["anchors"] is not None:
+        check_int("anchors", s["anchors"], 3)
+    check_int("window", s["window"], 2)
+    check_choice("station", s["station"], ("parabola", "argmax", "keyposs"))
+    check_float("region", s["region"], 0.0)
+    check_float("samples_per_pixel", s["samples_per_pixel"], 0.0, strict=True)
+    check_float("grid_offset", s["grid_offset"], -math.inf)
+    check_choice("objective", s["objective"], ("ml", "l2", "l1"))
+    check_choice("amplitude", s["amplitude"], ("joint", "none"))
+    check_int("refine", s["refine"], 0)
+    if s["objective"] == "l1" and s["amplitude"] == "joint":
+        raise ValueError("amplitude='joint' needs objective 'ml' or 'l2' (a range offset has no closed form in l1)")
+    return s
+
+
+@register("popos")
+def popos(
+    heatmaps: Tensor,
+    *,
+    sigma: float = 2.0,
+    preset: str = "popos",
+    anchors: int | None = None,
+    window: int | None = None,
+    station: str | None = None,
+    region: float | None = None,
+    samples_per_pixel: float | None = None,
+    grid_offset: float | None = None,
+    objective: str | None = None,
+    amplitude: str | None = None,
+    refine: int | None = None,
+) -> Tensor:
+    """POPoS decoding: ``[..., K, H, W] -> [..., K, 2]`` heatmap px (H, W >= 2).
+
+    Options left at ``None`` take the ``preset``'s value (``"popos"``: :data:`OURS`, the same at every
+    size; ``"authors"``: :func:`authors_preset`, per size).
+
+    1. ``station``: the grid centre, ``"parabola"`` (ours, :func:`parabola_station`), ``"argmax"`` (the
+       paper) or ``"keyposs"`` (the authors' code, :func:`~popos.decoders.multilateration.keyposs_station`).
+    2. anchors: the ``anchors`` largest pixels (``None``: all) of a ``window``-wide square around the
+       argmax (cut to the map, shifted to stay inside it).
+    3. the grid: ``int(region * samples_per_pixel)`` candidates per axis spanning ``region`` heatmap px,
+       centred on the station shifted by ``grid_offset`` (both axes); each is scored and the first best
+       (row-major) kept.
+    4. ``objective``: ``"ml"`` (ours, see the module docstring), ``"l2"`` (the paper's Eq. 3, squared-range
+       residuals) or ``"l1"`` (the authors' code, range residuals). ``amplitude="joint"`` solves the
+       peak amplitude (pseudo-range offset) per candidate; ``"none"`` assumes a unit peak and clips
+       ``h`` to ``[1e-9, 1]`` as the authors do (``"l1"`` supports only ``"none"``).
+    5. ``refine`` damped Gauss-Newton steps (:func:`~popos.decoders.multilateration.gauss_newton`) on the
+       same objective (``"l1"``: reweighted least squares), keeping the better point.
+
+    The result is clamped to the map plus one pixel per side; maps with no peak around the argmax
+    (:func:`~popos.decoders.base.no_peak`) give the argmax. Memory: the ``"ml"`` search and
+    refinement hold a few ``[B, window, window]`` tensors; ``"l1"``/``"l2"`` candidate x anchor tensors
+    are cut into chunks of at most :data:`CHUNK_ELEMENTS` elements.
+
+    >>> from popos.codec import encode_heatmaps
+    >>> hm = 0.7 * encode_heatmaps(torch.tensor([[30.25, 3.5]]), 32)  # an under-confident peak
+    >>> [round(v, 4) for v in popos(hm).flatten().tolist()]
+    [30.25, 3.5]
+    """
+    check_float("sigma", sigma, 0.0, strict=True)
+    maps = flat_maps(heatmaps, min_size=2)
+    n, height, width = maps.shape
+    given = dict(anchors=anchors, window=window, station=station, region=region,
+                 samples_per_pixel=samples_per_pixel, grid_offset=grid_offset, objective=objective,
+                 amplitude=amplitude, refine=refine)  # fmt: skip
+    s = _settings(preset, height, width, given)
+    joint = s["amplitude"] == "joint"
+    x, y = argmax_xy(maps)
+    if s["station"] == "argmax":
+        centre = torch.stack([x, y], -1).float()
+    elif s["station"] == "parabola":
+        centre = parabola_station(maps, x, y)
+    else:
+        centre = keyposs_station(maps, x, y, sigma)
+    steps = _grid(s["region"], s["samples_per_pixel"], s["grid_offset"], maps.device)
+    centres = centre[:, :, None] + steps  # [B, 2, n]: candidate columns (x) and rows (y)
+    cx, cy = centres[:, 0], centres[:, 1]
+
+    if s["objective"] == "ml":
+        win = _Window(maps, x, y, s["window"], s["anchors"])
+        per_item = steps.numel() * win.values.shape[-1] * 2
+        best = [win.grid_scores(sl, centres[sl], sigma, joint).flatten(1).argmin(-1) for sl in _chunks(n, per_item)]
+        evaluate = win.evaluate(sigma)
+    else:
+        k = s["window"] ** 2 if s["anchors"] is None else s["anchors"]
+        values, coords = top_anchors(maps, x, y, k, s["window"])
+        d2 = -2 * sigma**2 * torch.log(values.clamp_min(EPS)) if joint else distance_maps(values, sigma, EPS, True)
+        per_item = steps.numel() ** 2 * coords.shape[1]
+        best = [_range_grid_scores(coords[sl], d2[sl], cx[sl], cy[sl], s["objective"], joint).flatten(1).argmin(-1)
+                for sl in _chunks(n, per_item)]  # fmt: skip
+        evaluate = range_residuals(coords, d2, s["objective"])
+    best = torch.cat(best)  # index of the first best candidate, row-major over (y, x)
+    m = steps.numel()
+    p = torch.stack([cx.gather(1, (best % m)[:, None])[:, 0], cy.gather(1, (best // m)[:, None])[:, 0]], -1)
+
+    if s["refine"]:
+        if s["objective"] == "ml":
+            third = win.amplitude(p, sigma).clamp_min(1e-6) if joint else torch.ones(n, device=p.device)
+        else:  # the best offset at p: the mean of d^2 - |a - p|^2 (zero when not solved)
+            third = (d2 - ((coords - p[:, None]) ** 2).sum(-1)).mean(-1) * joint
+        free = (True, True, joint)
+        theta = torch.cat([p, third[:, None]], -1)
+        # the ML cost sums moments of size ~energy, so it is only known to float32 rounding of that
+        slack = 1e-6 * win.energy if s["objective"] == "ml" else 0.0
+        p = gauss_newton(evaluate, theta, s["refine"], free=free, slack=slack)[:, :2]
+    p = clamp_to_map(p, height, width)
+    flat = no_peak(win.values if s["objective"] == "ml" else values)
+    return unflatten(torch.where(flat[:, None], torch.stack([x, y], -1).float(), p), heatmaps)

@@ -1,0 +1,126 @@
+"""Training losses on heatmaps: the weighted MSE and the multilateration-anchor (MA) loss (paper Eq. 1).
+
+All functions take ``pred`` and ``target`` heatmaps ``[B, K, H, W]`` (any H, W; values in target units,
+no sigmoid) and an optional per-landmark ``weight`` ``[B, K]`` (0 for invisible landmarks, 1 otherwise;
+``None`` = all ones), and return a scalar tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+MaskSource = Literal["pred", "target", "union"]
+MASK_SOURCES: tuple[str, ...] = ("pred", "target", "union")
+
+
+def _checked_weight(pred: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
+    """Validate shapes; return ``weight`` as ``[B, K, 1, 1]`` in ``pred``'s dtype."""
+    if not isinstance(pred, Tensor) or not isinstance(target, Tensor):
+        raise TypeError(f"pred and target must be tensors, got {type(pred).__name__} and {type(target).__name__}")
+    if pred.dim() != 4:
+        raise ValueError(f"pred must be [B, K, H, W] heatmaps, got shape {tuple(pred.shape)}")
+    if target.shape != pred.shape:
+        raise ValueError(f"target shape {tuple(target.shape)} differs from pred shape {tuple(pred.shape)}")
+    if weight is None:
+        return pred.new_ones(pred.shape[:2])[..., None, None]
+    if weight.shape != pred.shape[:2]:
+        raise ValueError(f"weight must be [B, K] = {tuple(pred.shape[:2])}, got shape {tuple(weight.shape)}")
+    return weight.to(pred.dtype)[..., None, None]
+
+
+def heatmap_mse(pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Weighted heatmap MSE: ``mean over B, K, H, W of weight * (pred - target)^2``.
+
+    As mmpose's ``JointsMSELoss(use_target_weight=True)``: invisible landmarks (weight 0) add zero but still
+    count in the mean (mmpose 0.x squares the weight, which is the same for 0/1 weights).
+
+    >>> heatmap_mse(torch.ones(1, 2, 2, 2), torch.zeros(1, 2, 2, 2), torch.tensor([[1.0, 0.0]])).item()
+    0.5
+    """
+    w = _checked_weight(pred, target, weight)
+    return (w * (pred - target) ** 2).mean()
+
+
+def topk_mask(heatmaps: Tensor, k: int) -> Tensor:
+    """Boolean ``[..., H, W]`` mask of the ``k`` largest pixels of each ``[H, W]`` map.
+
+    Exactly ``k`` pixels per map; ties are broken towards the lower row-major index (smaller y, then
+    smaller x), so the mask is deterministic. No gradient flows through the selection.
+
+    >>> topk_mask(torch.tensor([[1.0, 3.0], [3.0, 0.0]]), 2).tolist()
+    [[False, True], [True, False]]
+    """
+    h, w = heatmaps.shape[-2:]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= h * w:
+        raise ValueError(f"k must be an integer in [1, H*W = {h * w}], got {k!r}")
+    flat = heatmaps.detach().flatten(-2)
+    idx = torch.sort(flat, dim=-1, descending=True, stable=True).indices[..., :k]
+    mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(-1, idx, True)
+    return mask.view(heatmaps.shape)
+
+
+def ma_loss(
+    pred: Tensor, target: Tensor, weight: Tensor | None = None, k: int | None = None, mask: MaskSource = "pred"
+) -> Tensor:
+    """Multilateration-anchor loss (paper Eq. 1), averaged over landmarks.
+
+    Per landmark, the L2 norm of ``(pred - target) * Mask`` over the ``[H, W]`` map, where ``Mask`` holds the
+    top-``k`` pixels (:func:`topk_mask`) of the prediction (``"pred"``: the pixels the decoder will take as
+    anchors), of the target (``"target"``) or their union (``"union"``, up to ``2k`` pixels). The result is
+    ``sum over B, K of weight * norm / (B * K)``; the paper sums over landmarks instead, which only rescales
+    the weight ``w`` of ``L = L_MSE + w * L_MA`` by K. ``k`` defaults to the decoder's anchor count at this
+    heatmap size, :func:`popos.decoders.default_anchors`. Gradients reach only masked pixels.
+
+    >>> pred, target = torch.zeros(1, 1, 3, 3), torch.zeros(1, 1, 3, 3)
+    >>> pred[0, 0, 1, 1], pred[0, 0, 0, 0] = 3.0, 4.0   # the top-2 pixels of pred; target is 0 there
+    >>> ma_loss(pred, target, k=2).item()  # sqrt(3^2 + 4^2)
+    5.0
+    """
+    w = _checked_weight(pred, target, weight)
+    if mask not in MASK_SOURCES:
+        raise ValueError(f"mask must be one of {MASK_SOURCES}, got {mask!r}")
+    if k is None:
+        from popos.decoders import default_anchors
+
+        k = default_anchors(pred.shape[-1])
+    if mask == "pred":
+        m = topk_mask(pred, k)
+    elif mask == "target":
+        m = topk_mask(target, k)
+    else:
+        m = topk_mask(pred, k) | topk_mask(target, k)
+    norms = torch.linalg.vector_norm((pred - target) * m, dim=(-2, -1))
+    return (w[..., 0, 0] * norms).mean()
+
+
+class LandmarkLoss(nn.Module):
+    """``L = L_MSE + ma_weight * L_MA`` (paper section 3.1); ``ma_weight = 0`` is plain heatmap MSE.
+
+    ``forward(pred, target, weight)`` returns ``(total, parts)`` with ``parts = {"mse", "ma"}`` detached for
+    logging. The MA term is computed for logging even when ``ma_weight`` is 0 (without gradient), so MSE-
+    and MA-trained runs can be compared on it. ``ma_k`` / ``ma_mask`` are :func:`ma_loss`'s ``k`` / ``mask``.
+    """
+
+    def __init__(self, ma_weight: float = 0.0, ma_k: int | None = None, ma_mask: MaskSource = "pred") -> None:
+        super().__init__()
+        if ma_weight < 0:
+            raise ValueError(f"ma_weight must be >= 0, got {ma_weight}")
+        if ma_mask not in MASK_SOURCES:
+            raise ValueError(f"ma_mask must be one of {MASK_SOURCES}, got {ma_mask!r}")
+        self.ma_weight = float(ma_weight)
+        self.ma_k = ma_k
+        self.ma_mask = ma_mask
+
+    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """``pred``, ``target`` ``[B, K, H, W]``, ``weight`` ``[B, K]`` -> (scalar loss, ``{"mse", "ma"}``)."""
+        mse = heatmap_mse(pred, target, weight)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.ma_weight > 0):
+            ma = ma_loss(pred, target, weight, k=self.ma_k, mask=self.ma_mask)
+        total = mse + self.ma_weight * ma if self.ma_weight > 0 else mse
+        return total, {"mse": mse.detach(), "ma": ma.detach()}
+
+    def extra_repr(self) -> str:
+        return f"ma_weight={self.ma_weight}, ma_k={self.ma_k}, ma_mask={self.ma_mask!r}"

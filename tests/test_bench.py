@@ -1,0 +1,80 @@
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from popos import bench, cli
+from popos.decoders import VARIANTS
+
+
+def test_bench_decoders_table_and_csv(tmp_path, capsys):
+    out = tmp_path / "bench.csv"
+    table = bench.bench_decoders("cpu", batch=2, num_landmarks=3, heatmap_sizes=[8, 4], warmup=0, repeats=1, out=out)
+    assert list(table.columns) == bench.COLUMNS
+    assert len(table) == 2 * len(VARIANTS)
+    assert set(table.method) == set(VARIANTS)
+    assert (table.device == "cpu").all() and (table.batch == 2).all()
+    assert (table.ms > 0).all()
+    np.testing.assert_allclose(table.faces_per_s, 2 / table.ms * 1000)
+    for size, part in table.groupby("heatmap_size"):
+        reference = part.set_index("method").ms["one_hot"]
+        np.testing.assert_allclose(part.ratio_to_one_hot, part.ms / reference, err_msg=f"size {size}")
+    pd.testing.assert_frame_equal(pd.read_csv(out), table, check_dtype=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.csv"]
+    text = capsys.readouterr().out
+    assert "decoder speed on cpu: batch 2 x 3 landmarks, median of 1 calls" in text
+    assert "vs one_hot" in text and "1.0x" in text
+    assert all(name in text for name in VARIANTS)
+
+
+def test_one_hot_is_always_the_reference(capsys):
+    other = next(name for name in VARIANTS if name != "one_hot")
+    table = bench.bench_decoders("cpu", 1, 2, [4], warmup=1, repeats=2, methods=[other])
+    assert table.method.tolist() == ["one_hot", other]
+    assert table.ratio_to_one_hot.iloc[0] == 1.0
+    capsys.readouterr()
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="device: expected 'cpu' or 'cuda'"):
+        bench.bench_decoders("tpu", 1, 1, [4], 0, 1)
+    with pytest.raises(ValueError, match="repeats: expected a positive integer"):
+        bench.bench_decoders("cpu", 1, 1, [4], 0, 0)
+    with pytest.raises(ValueError, match="methods: unknown decoder variants"):
+        bench.bench_decoders("cpu", 1, 1, [4], 0, 1, methods=["nope"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_cuda_without_gpu_fails_clearly():
+    with pytest.raises(ValueError, match="torch.cuda.is_available"):
+        bench.bench_decoders("cuda", 1, 1, [4], 0, 1)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_gpu_check_script_fails_clearly_without_cuda(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu-check.sh"
+    done = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "no CUDA device" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bench_decoders_on_cuda(capsys):
+    table = bench.bench_decoders("cuda", 4, 5, [64, 4], warmup=1, repeats=2)
+    assert (table.device == "cuda").all() and len(table) == 2 * len(VARIANTS)
+    capsys.readouterr()
+
+
+def test_cli_bench_decoders(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: schema defaults plus the overrides below
+    sets = ["bench.heatmap_sizes=[4]", "bench.num_landmarks=2", "bench.warmup=0", "bench.repeats=1"]
+    argv = ["bench", "decoders", "--batch", "3", "--out", "b.csv"] + [a for s in sets for a in ("--set", s)]
+    assert cli.main(argv) == 0
+    read = pd.read_csv(tmp_path / "b.csv")
+    assert (read.batch == 3).all() and read.heatmap_size.tolist() == [4] * len(VARIANTS)
+    assert "faces/s" in capsys.readouterr().out

@@ -1,0 +1,475 @@
+"""Decoders: tests generated from the registry, plus plain per-landmark references for the batched code."""
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import least_squares
+
+import popos.decoders.popos as popos_module
+from popos.codec import encode_heatmaps
+from popos.decoders import METHODS, PRESETS, VARIANTS, decode, default_anchors
+from popos.decoders.dark import opencv_gaussian_kernel
+from popos.decoders.multilateration import (
+    IGNO_ANCHORS,
+    anchor_window,
+    gauss_newton,
+    range_residuals,
+    top_anchors,
+)
+from popos.decoders.popos import AUTHORS_SIZES, authors_preset, parabola_station
+
+SIZES = [64, 32, 16, 8, 4]
+INPUT = 256  # errors are quoted in input px of a 256 crop: heatmap px x stride
+EXACT = {"keyposs", "igno", "popos"}
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def clean_tolerance(method: str, size: int) -> tuple[float, int]:
+    """(largest error in input px, smallest distance of the points from the border in heatmap px)."""
+    stride = INPUT / size
+    argmax_bound = (math.sqrt(0.5) * stride, 0)  # the nearest pixel is within sqrt(2)/2 px
+    table = {
+        "keyposs": (0.01, 0),
+        "igno": (0.01, 0),
+        "popos": (0.01, 0),
+        "two_hot": (math.sqrt(2) * 0.25 * stride, 1),  # within a quarter pixel per axis where refined
+        # DarkPose needs the peak away from the zero-padded border; the step is clamped to 1 px per axis
+        "dark": {64: (0.05, 4), 32: (0.5, 4)}.get(size, (math.sqrt(2) * 1.5 * stride, 0)),
+    }
+    return table.get(method, argmax_bound)  # any other method must at least match the argmax
+
+
+def random_points(n: int, height: int, width: int, margin: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """``[n, 2]`` uniform points (x, y) at least ``margin`` px inside the pixel-centre box of the map."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(n, 2, generator=g)
+    return torch.stack([margin + u[:, 0] * (width - 1 - 2 * margin), margin + u[:, 1] * (height - 1 - 2 * margin)], -1)
+
+
+def noisy(maps: torch.Tensor, std: float, seed: int = 0) -> torch.Tensor:
+    return maps + std * torch.randn(maps.shape, generator=torch.Generator().manual_seed(seed))
+
+
+def error_input_px(pred: torch.Tensor, truth: torch.Tensor, size: int) -> torch.Tensor:
+    return (pred - truth).norm(dim=-1) * (INPUT / size)
+
+
+# ---------------------------------------------------------------- registry and interface
+
+
+def test_registry_holds_the_six_methods_and_the_authors_variant():
+    assert set(METHODS) == {"one_hot", "two_hot", "dark", "keyposs", "igno", "popos"}
+    assert set(VARIANTS) == set(METHODS) | {"popos_authors"}
+    assert VARIANTS["popos_authors"] == ("popos", {"preset": "authors"})
+    assert set(PRESETS) == {"popos", "authors"}
+
+
+def test_decode_rejects_unknown_names_and_options():
+    hm = encode_heatmaps(torch.tensor([[3.0, 4.0]]), 8)
+    with pytest.raises(ValueError, match="available: one_hot, two_hot"):
+        decode(hm, "argmaxx")
+    with pytest.raises(ValueError, match="valid: kernel"):
+        decode(hm, "dark", window=3)
+    with pytest.raises(ValueError, match="valid: none"):
+        decode(hm, "one_hot", anchors=3)
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "match"),
+    [
+        ("popos", {"objective": "l3"}, "objective must be one of 'ml', 'l2', 'l1'"),
+        ("popos", {"preset": "paper"}, "preset must be one of 'popos', 'authors'"),
+        ("popos", {"anchors": 2}, "anchors must be an integer >= 3"),
+        ("popos", {"refine": -1}, "refine must be an integer >= 0"),
+        ("popos", {"region": float("nan")}, "region must be a number >= 0"),
+        ("popos", {"samples_per_pixel": 0}, "samples_per_pixel must be a number > 0"),
+        ("popos", {"station": "centroid"}, "station must be one of"),
+        ("popos", {"objective": "l1", "amplitude": "joint"}, "amplitude='joint' needs objective"),
+        ("popos", {"sigma": 0.0}, "sigma must be a number > 0"),
+        ("igno", {"anchors": 2}, "anchors must be an integer >= 3"),
+        ("igno", {"objective": "ml"}, "objective must be one of 'l2', 'l1'"),
+        ("dark", {"kernel": 4}, "kernel must be odd"),
+        ("keyposs", {"sigma": -1.0}, "sigma must be a number > 0"),
+    ],
+)
+def test_bad_option_values(method, options, match):
+    with pytest.raises(ValueError, match=match):
+        decode(torch.rand(1, 2, 8, 8), method, **options)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_bad_heatmaps(method):
+    hm = torch.rand(2, 3, 8, 8)
+    hm[0, 1, 2, 2] = float("nan")
+    hm[1, 0, 0, 5] = float("inf")
+    with pytest.raises(ValueError, match="2 non-finite values"):
+        decode(hm, method)
+    with pytest.raises(ValueError, match=r"rank >= 3"):
+        decode(torch.rand(8, 8), method)
+    with pytest.raises(TypeError, match="float16, bfloat16, float32"):
+        decode(torch.ones(1, 8, 8, dtype=torch.int64), method)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        METHODS[method](np.ones((1, 8, 8)))
+
+
+@pytest.mark.parametrize("method", sorted(VARIANTS))
+def test_input_is_not_modified(method):
+    hm = noisy(encode_heatmaps(random_points(6, 16, 16), 16), 0.05)[None]
+    before = hm.clone()
+    decode(hm, method)
+    assert torch.equal(hm, before)
+
+
+def test_variant_options_can_be_overridden():
+    pts = random_points(8, 32, 32, margin=2)
+    hm = encode_heatmaps(pts, 32)
+    grid_limited = error_input_px(decode(hm, "popos_authors"), pts, 32)
+    refined = error_input_px(decode(hm, "popos_authors", refine=3), pts, 32)
+    assert grid_limited.min() > 0.02 and refined.max() < 0.01
+
+
+# ---------------------------------------------------------------- accuracy on clean maps, every method x size
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_clean_maps(method, size):
+    tol, margin = clean_tolerance(method, size)
+    pts = random_points(40, size, size, margin, seed=size)
+    err = error_input_px(METHODS[method](encode_heatmaps(pts, size)[None]), pts, size)
+    assert err.max().item() <= tol
+
+
+@pytest.mark.parametrize("size", [16, 4])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_peaks_on_and_beyond_the_border(method, size):
+    last = size - 1
+    # pixel centres on the border and corners, off-pixel border points, and points in the strip beyond the
+    # last pixel centre that a 256 crop still covers (x up to W - 1/stride)
+    on_pixels = [[0, 0], [last, last], [0, last // 2], [last, 1.0]]
+    pts = torch.tensor(on_pixels + [[0.3, 0.0], [last - 0.2, last], [last + 0.4, 1.7], [1.2, -0.3]])
+    err = error_input_px(METHODS[method](encode_heatmaps(pts, size)[None]), pts, size)[0]
+    if method in EXACT:
+        assert err.max().item() < 0.01
+    else:  # the argmax-based methods decode pixel centres exactly and stay within 1.5 px otherwise
+        assert err[:4].max().item() < 1e-4
+        assert err.max().item() <= 1.5 * math.sqrt(2) * INPUT / size
+
+
+@pytest.mark.parametrize("method", sorted(VARIANTS))
+@pytest.mark.parametrize(
+    "maps",
+    [
+        torch.zeros(2, 8, 8),
+        torch.full((2, 8, 8), 0.3),
+        -torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(0)),
+        torch.full((2, 4, 4), -1.0),
+        torch.full((2, 5, 7), 3.0),
+    ],
+    ids=["zero", "constant", "negative", "negative-constant", "above-one"],
+)
+def test_maps_without_a_peak_decode_inside_the_map(method, maps):
+    out = decode(maps, method)
+    h, w = maps.shape[-2:]
+    assert torch.isfinite(out).all()
+    assert (out[..., 0] >= 0).all() and (out[..., 0] <= w - 1).all()
+    assert (out[..., 1] >= 0).all() and (out[..., 1] <= h - 1).all()
+
+
+# ---------------------------------------------------------------- shapes, dtypes, devices
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("method", sorted(VARIANTS))
+def test_half_precision_input_is_decoded_in_float32(method, dtype):
+    hm = noisy(encode_heatmaps(random_points(12, 16, 16, seed=3), 16), 0.02)[None].to(dtype)
+    out = decode(hm, method)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, decode(hm.float(), method), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("method", sorted(VARIANTS))
+def test_leading_dims_and_non_square_maps(method):
+    pts = random_points(2 * 3 * 5, 12, 20, seed=4).reshape(2, 3, 5, 2)
+    hm = noisy(encode_heatmaps(pts, (12, 20)), 0.01)
+    out = decode(hm, method)
+    assert out.shape == (2, 3, 5, 2)
+    torch.testing.assert_close(out.reshape(-1, 5, 2), decode(hm.reshape(-1, 5, 12, 20), method))
+    if method in EXACT:
+        clean = decode(encode_heatmaps(pts, (12, 20)), method)
+        assert (clean - pts).norm(dim=-1).max().item() < 1e-3
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("method", sorted(VARIANTS))
+def test_cuda_matches_cpu(method):
+    hm = noisy(encode_heatmaps(random_points(20, 16, 16, seed=5), 16), 0.02)[None]
+    out = decode(hm.cuda(), method)
+    assert out.device.type == "cuda" and out.dtype == torch.float32
+    torch.testing.assert_close(out.cpu(), decode(hm, method), atol=1e-3, rtol=0)
+
+
+# ---------------------------------------------------------------- the batched code against plain references
+
+
+def _argmax(h: np.ndarray) -> tuple[int, int]:
+    iy, ix = np.unravel_index(np.argmax(h), h.shape)
+    return int(ix), int(iy)
+
+
+def _window(h: np.ndarray, ix: int, iy: int, side: int):
+    """Values, x and y of a side x side window centred on (ix, iy), shifted to stay inside the map."""
+    height, width = h.shape
+    sy, sx = min(side, height), min(side, width)
+    x0 = min(max(ix - sx // 2, 0), width - sx)
+    y0 = min(max(iy - sy // 2, 0), height - sy)
+    ys, xs = np.mgrid[y0 : y0 + sy, x0 : x0 + sx]
+    return h[y0 : y0 + sy, x0 : x0 + sx].ravel(), xs.ravel(), ys.ravel()
+
+
+def ref_keyposs(h: np.ndarray, sigma: float = 2.0) -> np.ndarray:
+    height, width = h.shape
+    ix, iy = _argmax(h)
+    blocks = [(min(max(ix + dx, 0), width - 2), min(max(iy + dy, 0), height - 2)) for dy in (-1, 0) for dx in (-1, 0)]
+    x0, y0 = max(blocks, key=lambda b: h[b[1] : b[1] + 2, b[0] : b[0] + 2].sum())  # first of the best
+    a = np.array([[x0, y0], [x0 + 1, y0], [x0, y0 + 1], [x0 + 1, y0 + 1]], dtype=float)
+    d2 = -2 * sigma**2 * np.log(np.clip(h[a[:, 1].astype(int), a[:, 0].astype(int)], 1e-9, 1))
+    # |a_i - p|^2 - |a_L - p|^2 = d_i^2 - d_L^2 is linear in p
+    lhs = 2 * (a[-1] - a[:-1])
+    rhs = d2[:-1] - d2[-1] - (a[:-1] ** 2).sum(1) + (a[-1] ** 2).sum()
+    return np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+
+
+def ref_top_anchors(h: np.ndarray, k: int):
+    ix, iy = _argmax(h)
+    v, xs, ys = _window(h, ix, iy, anchor_window(k))
+    top = np.argsort(-v, kind="stable")[:k]
+    return v[top], np.stack([xs[top], ys[top]], 1).astype(float)
+
+
+def ref_igno(h: np.ndarray, sigma: float = 2.0) -> np.ndarray:
+    v, a = ref_top_anchors(h, IGNO_ANCHORS[h.shape[0]])
+    d2 = -2 * sigma**2 * np.log(np.clip(v, 1e-9, 1))
+    fit = least_squares(lambda p: ((a - p) ** 2).sum(1) - d2, np.array(_argmax(h), float), method="lm", xtol=1e-12)
+    return fit.x
+
+
+def ref_ml(h: np.ndarray, side: int = 9, sigma: float = 2.0) -> np.ndarray:
+    ix, iy = _argmax(h)
+    v, xs, ys = _window(h, ix, iy, side)
+
+    def residual(t):
+        return t[2] * np.exp(-((xs - t[0]) ** 2 + (ys - t[1]) ** 2) / (2 * sigma**2)) - v
+
+    return least_squares(residual, np.array([ix, iy, v.max()], float), method="lm", xtol=1e-12).x[:2]
+
+
+def ref_authors(h: np.ndarray) -> np.ndarray:
+    size = h.shape[0]
+    k, region = AUTHORS_SIZES[size]
+    tau = size / 128
+    n = int(region / tau)
+    v, a = ref_top_anchors(h, k)
+    d = np.sqrt(-8 * np.log(np.clip(v, 1e-9, 1)))
+    st = ref_keyposs(h)
+    gx = np.linspace(st[0] - region / 2 - tau / 2, st[0] + region / 2 - tau / 2, n)
+    gy = np.linspace(st[1] - region / 2 - tau / 2, st[1] + region / 2 - tau / 2, n)
+    rho = np.sqrt((gx[None, :, None] - a[:, 0]) ** 2 + (gy[:, None, None] - a[:, 1]) ** 2)  # [n_y, n_x, K]
+    i, j = np.unravel_index(np.argmin(np.abs(rho - d).sum(-1)), (n, n))  # first minimum, row-major
+    return np.array([gx[j], gy[i]])
+
+
+def ref_dark(h: np.ndarray) -> np.ndarray:
+    height, width = h.shape
+    ix, iy = _argmax(h)
+    blurred = cv2.GaussianBlur(np.pad(h, 5), (11, 11), 0)[5:-5, 5:-5]
+    log = np.log(np.maximum(blurred * (h.max() / blurred.max()), 1e-10))
+    out = np.array([ix, iy], float)
+    if 1 < ix < width - 2 and 1 < iy < height - 2:
+        dx = 0.5 * (log[iy, ix + 1] - log[iy, ix - 1])
+        dy = 0.5 * (log[iy + 1, ix] - log[iy - 1, ix])
+        dxx = 0.25 * (log[iy, ix + 2] - 2 * log[iy, ix] + log[iy, ix - 2])
+        dyy = 0.25 * (log[iy + 2, ix] - 2 * log[iy, ix] + log[iy - 2, ix])
+        dxy = 0.25 * (log[iy + 1, ix + 1] - log[iy - 1, ix + 1] - log[iy + 1, ix - 1] + log[iy - 1, ix - 1])
+        out -= np.linalg.solve(np.array([[dxx, dxy], [dxy, dyy]]), np.array([dx, dy]))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "reference", "size", "std", "atol"),
+    [
+        ("keyposs", ref_keyposs, 16, 0.05, 1e-3),
+        ("keyposs", ref_keyposs, 4, 0.05, 1e-3),
+        ("igno", ref_igno, 16, 0.01, 2e-3),
+        ("igno", ref_igno, 8, 0.01, 2e-3),
+        ("dark", ref_dark, 64, 0.002, 1e-3),
+        ("dark", ref_dark, 16, 0.002, 1e-3),
+    ],
+)
+def test_batched_decoder_matches_plain_reference(name, reference, size, std, atol):
+    pts = random_points(24, size, size, margin=0.5, seed=6)
+    hm = noisy(encode_heatmaps(pts, size), std, seed=7)
+    want = np.stack([reference(m.double().numpy()) for m in hm])
+    np.testing.assert_allclose(decode(hm[None], name)[0].numpy(), want, atol=atol)
+
+
+@pytest.mark.parametrize("size", [16, 4])
+def test_popos_ml_reaches_the_maximum_likelihood_fit(size):
+    pts = random_points(24, size, size, margin=0.5, seed=8)
+    hm = 0.8 * noisy(encode_heatmaps(pts, size), 0.03, seed=9)
+    want = np.stack([ref_ml(m.double().numpy()) for m in hm])
+    np.testing.assert_allclose(decode(hm[None], "popos", refine=10)[0].numpy(), want, atol=2e-3)
+
+
+@pytest.mark.parametrize("size", [32, 8])
+def test_authors_preset_matches_plain_reference(size):
+    pts = random_points(24, size, size, margin=1, seed=10)
+    hm = noisy(encode_heatmaps(pts, size), 0.03, seed=11)
+    want = np.stack([ref_authors(m.double().numpy()) for m in hm])
+    got = decode(hm[None], "popos_authors")[0].numpy()
+    spacing = AUTHORS_SIZES[size][1] / (int(AUTHORS_SIZES[size][1] * 128 / size) - 1)
+    close = np.abs(got - want).max(1) < 1e-4
+    # float32 vs float64 may break a near tie between grid points: rare, and then a neighbour
+    assert close.mean() >= 0.9 and np.abs(got - want).max() <= spacing + 1e-4
+
+
+def test_opencv_kernels():
+    # OpenCV 5 added a fixed 9-tap kernel; OpenCV 4 (as upstream used) samples the Gaussian there
+    for size in [1, 3, 5, 7, 11, 13, 15]:
+        want = cv2.getGaussianKernel(size, 0)[:, 0]
+        np.testing.assert_allclose(opencv_gaussian_kernel(size).numpy(), want, atol=1e-12)
+
+
+# ---------------------------------------------------------------- behaviour of individual methods
+
+
+def test_two_hot_refines_each_axis_where_its_neighbours_exist():
+    hm = torch.zeros(3, 6, 6)
+    hm[0, 3, 1], hm[0, 3, 2], hm[0, 2, 1] = 1.0, 0.5, 0.2  # peak at x=1 (mmpose skips x=1): right, up
+    hm[1, 0, 3], hm[1, 0, 4], hm[1, 1, 3] = 1.0, 0.1, 0.6  # peak on the top row: x refined, y not
+    hm[2, 4, 4], hm[2, 4, 3], hm[2, 4, 5] = 1.0, 0.3, 0.3  # equal neighbours: no shift
+    assert decode(hm[None], "two_hot")[0].tolist() == [[1.25, 2.75], [3.25, 0.0], [4.0, 4.0]]
+
+
+def test_dark_is_argmax_where_its_stencil_does_not_fit():
+    pts = torch.tensor([[1.3, 2.6], [1.6, 1.2]])
+    hm = encode_heatmaps(pts, 4)[None]
+    assert torch.equal(decode(hm, "dark"), decode(hm, "one_hot"))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_authors_preset_error_is_its_grid_offset(size):
+    pts = random_points(30, size, size, margin=2, seed=12)
+    err = error_input_px(decode(encode_heatmaps(pts, size)[None], "popos_authors")[0], pts, size)
+    s = authors_preset(size, size)
+    n = int(s["region"] * s["samples_per_pixel"])
+    offsets = torch.linspace(-s["region"] / 2, s["region"] / 2, n) + s["grid_offset"]
+    nearest = offsets.abs().min().item()  # the exact station is this far from the nearest grid line
+    torch.testing.assert_close(err, torch.full_like(err, math.sqrt(2) * nearest * INPUT / size), atol=2e-3, rtol=0)
+
+
+def test_authors_table_matches_upstream_constants():
+    n = [int(authors_preset(s, s)["region"] * authors_preset(s, s)["samples_per_pixel"]) for s in SIZES]
+    assert n == [16, 32, 32, 48, 64]  # int(S / tau), tau = H / 128
+    assert [authors_preset(s, s)["anchors"] for s in SIZES] == [30, 10, 20, 15, 10]
+    assert authors_preset(64, 64)["grid_offset"] == -0.25
+    assert authors_preset(48, 48)["anchors"] == 30 and authors_preset(48, 48)["region"] == 8.0
+    s = authors_preset(16, 16)
+    assert (s["objective"], s["amplitude"], s["refine"], s["station"]) == ("l1", "none", 0, "keyposs")
+
+
+@pytest.mark.parametrize("size", [16, 4])
+def test_amplitude_breaks_the_authors_decoders_but_not_ours(size):
+    pts = random_points(30, size, size, margin=0.5, seed=13)
+    hm = 0.7 * encode_heatmaps(pts, size)[None]
+    ours = error_input_px(decode(hm, "popos"), pts, size)
+    authors = error_input_px(decode(hm, "popos_authors"), pts, size)
+    igno = error_input_px(decode(hm, "igno"), pts, size)
+    assert ours.max() < 0.01
+    assert authors.mean() > 5 and igno.mean() > 3  # upstream: 13 and 3.8 px at 16, 65 and 63 px at 4
+
+
+@pytest.mark.parametrize(
+    ("method", "amplitude", "std"),
+    # keyposs clips h at 1, so it is invariant only while no value exceeds 1
+    [("popos", 0.3, 0.02), ("popos", 0.7, 0.02), ("popos", 2.0, 0.02), ("keyposs", 0.3, 0.0), ("keyposs", 0.7, 0.0)],
+)
+def test_amplitude_invariance(method, amplitude, std):
+    pts = random_points(20, 16, 16, seed=14)
+    hm = noisy(encode_heatmaps(pts, 16), std, seed=15)[None]
+    torch.testing.assert_close(decode(amplitude * hm, method), decode(hm, method), atol=2e-3, rtol=0)
+
+
+def test_popos_is_the_most_accurate_under_noise():
+    pts = random_points(96, 16, 16, margin=2, seed=16)
+    hm = noisy(encode_heatmaps(pts, 16), 0.05, seed=17)[None]
+    err = {v: error_input_px(decode(hm, v), pts, 16).mean().item() for v in VARIANTS}
+    assert err["popos"] == min(err.values())
+    assert err["popos"] < 0.85 * min(err["igno"], err["popos_authors"], err["dark"])
+
+
+def test_popos_objectives_and_presets_are_exact_on_clean_maps_where_they_should_be():
+    pts = random_points(20, 16, 16, margin=1, seed=18)
+    hm = 0.6 * encode_heatmaps(pts, 16)[None]
+    for options in [{"objective": "l2"}, {"anchors": 12}, {"station": "keyposs"}, {"station": "argmax", "refine": 3}]:
+        assert error_input_px(decode(hm, "popos", **options), pts, 16).max() < 0.01, options
+    l1 = error_input_px(decode(hm / 0.6, "popos", objective="l1", amplitude="none", refine=5), pts, 16)
+    assert l1.max() < 0.02
+
+
+def test_parabola_station_is_exact_for_clean_gaussians_and_keeps_the_argmax_on_flat_maps():
+    pts = torch.tensor([[0.2, 7.0], [3.7, 0.0], [7.4, 6.6], [5.0, 2.25]])
+    maps = 0.4 * encode_heatmaps(pts, 8)
+    x = torch.tensor([0, 4, 7, 5])
+    y = torch.tensor([7, 0, 7, 2])
+    torch.testing.assert_close(parabola_station(maps, x, y), pts, atol=1e-4, rtol=0)
+    flat = parabola_station(torch.zeros(1, 8, 8), torch.tensor([3]), torch.tensor([5]))
+    assert flat.tolist() == [[3.0, 5.0]]
+
+
+def test_default_anchors_is_the_window_popos_uses():
+    assert [default_anchors(s) for s in SIZES] == [81, 81, 81, 64, 16]
+    hm = noisy(encode_heatmaps(random_points(10, 16, 16, seed=19), 16), 0.03)[None]
+    # restricting the anchors to all of them changes nothing; fewer anchors change the fit
+    assert torch.equal(decode(hm, "popos", anchors=default_anchors(16)), decode(hm, "popos"))
+    assert not torch.equal(decode(hm, "popos", anchors=default_anchors(16) - 30), decode(hm, "popos"))
+    with pytest.raises(ValueError, match="heatmap_size"):
+        default_anchors(0)
+
+
+@pytest.mark.parametrize("variant", ["popos_authors", "popos"])
+def test_chunked_search_gives_the_same_result(variant, monkeypatch):
+    pts = random_points(50, 8, 8, seed=20)
+    hm = noisy(encode_heatmaps(pts, 8), 0.03)[None]
+    whole = decode(hm, variant, objective="l2") if variant == "popos" else decode(hm, variant)
+    monkeypatch.setattr(popos_module, "CHUNK_ELEMENTS", 10_000)
+    assert len(popos_module._chunks(50, 48 * 48 * 15)) == 50  # authors at 8x8: one heatmap per chunk
+    chunked = decode(hm, variant, objective="l2") if variant == "popos" else decode(hm, variant)
+    assert torch.equal(whole, chunked)
+
+
+def test_igno_never_returns_a_worse_point_than_its_start():
+    hm = noisy(encode_heatmaps(random_points(64, 16, 16, seed=21), 16), 0.08, seed=22)
+    maps = hm.reshape(-1, 16, 16)
+    x, y = maps.reshape(64, -1).argmax(-1) % 16, maps.reshape(64, -1).argmax(-1) // 16
+    values, coords = top_anchors(maps, x, y, 30, anchor_window(30))
+    evaluate = range_residuals(coords, -8 * torch.log(values.clamp(1e-9, 1)), "l2")
+    start = torch.stack([x.float(), y.float(), torch.zeros(64)], -1)
+    end = torch.cat([decode(hm[None], "igno")[0], torch.zeros(64, 1)], -1)
+    assert (evaluate(end)[0] <= evaluate(start)[0] + 1e-3).all()
+
+
+def test_gauss_newton_solves_a_range_problem_and_respects_fixed_parameters():
+    anchors = torch.tensor([[[0.0, 0.0], [4.0, 0.0], [0.0, 3.0], [4.0, 3.0]]])
+    truth = torch.tensor([1.5, 2.0])
+    d2 = ((anchors[0] - truth) ** 2).sum(-1)[None] + 0.7  # a common offset c = 0.7
+    evaluate = range_residuals(anchors, d2, "l2")
+    start = torch.tensor([[3.0, 0.5, 0.0]])
+    free = gauss_newton(evaluate, start, 30, free=(True, True, True))
+    torch.testing.assert_close(free, torch.tensor([[1.5, 2.0, 0.7]]), atol=1e-4, rtol=0)
+    fixed = gauss_newton(evaluate, start, 30, free=(True, True, False))
+    assert fixed[0, 2].item() == 0.0 and (fixed[0, :2] - truth).norm() > 1e-2

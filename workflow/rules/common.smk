@@ -1,0 +1,105 @@
+# Helpers of the rules: the knobs and source files each step reads, and the prepared-data files.
+
+import ast
+import json
+
+EVAL_OUTPUTS = ["summary.csv", "per_image.csv", "predictions.npz", "metrics.json"]
+
+
+def knobs(*keys, drop=()):
+    """JSON of the params sections / keys a step reads (``"train"``, ``"model.input_size"``), for the
+    params rerun trigger; ``drop`` removes keys (``"train.workers"``) that do not change the results."""
+    out = {}
+    for key in keys:
+        section, _, field = key.partition(".")
+        value = getattr(P, section).model_dump(mode="json")
+        out[key] = value[field] if field else value
+    for key in drop:
+        section, _, field = key.partition(".")
+        out.get(section, {}).pop(field, None)
+    return json.dumps(out, sort_keys=True)
+
+
+def code(*modules):
+    """The popos source files a step runs, as rule inputs (Snakemake hashes only a shell rule's command
+    text): ``popos/cli.py``, the given modules (``"train"``, ``"data.synth"``) and every popos module they
+    import, transitively, lazy imports and parent packages included."""
+    seen = {Path("popos/cli.py")}
+    todo = [f"popos.{m}" for m in modules]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__, a/b/__init__, a/b/c
+            package = Path(*parts[:i])
+            path = package / "__init__.py" if package.is_dir() else package.with_suffix(".py")
+            if path.is_file() and path not in seen:
+                seen.add(path)
+                package_name = ".".join(parts[:i] if path.name == "__init__.py" else parts[: i - 1])
+                todo += _popos_imports(path, package_name)
+    return sorted(str(p) for p in seen)
+
+
+def _popos_imports(path, package):
+    """Names of the popos modules ``path`` (in ``package``) may import, at any depth of its code."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from . import x / from .m import x
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            names += [base] + [f"{base}.{a.name}" for a in node.names]
+    return [n for n in names if n == "popos" or n.startswith("popos.")]
+
+
+def split_files(dataset, which):
+    """The files of the prepared ``which`` ('train' / 'test') split of ``dataset``."""
+    spec = DATASETS[dataset]
+    folder = PREP / dataset / (spec.train_split if which == "train" else spec.test_split)
+    return {"meta": str(folder / "meta.json"), "annotations": str(folder / "annotations.npz"),
+            "crops": str(folder / "crops.u8")}
+
+
+def split_inputs(dataset, which):
+    """``split_files`` as rule inputs: crops by existence only (they may exceed the checksum limit, and DVC
+    checkouts reset mtimes); a new preparation also rewrites the checksummed annotations."""
+    files = split_files(dataset, which)
+    return {**files, "crops": ancient(files["crops"])}
+
+
+def data_outputs(dataset):
+    """Every prepared file of ``dataset`` the workflow reads (its train and test splits)."""
+    return [*split_files(dataset, "train").values(), *split_files(dataset, "test").values()]
+
+
+def raw_input(dataset):
+    """The raw folder, except when the prepared splits exist without it (pulled from a DVC remote): then
+    they are the source, and a fresh clone does not re-download and re-prepare."""
+    raw = RAW / dataset
+    if not raw.exists() and all(Path(f).is_file() for f in data_outputs(dataset)):
+        return []
+    return [ancient(str(raw))]
+
+
+def eval_outputs(run, extra=()):
+    """``{summary: <eval dir>/summary.csv, ...}`` of ``run`` (a name or pattern), plus ``extra`` files."""
+    return {name.split(".")[0]: R.eval_dir(run) / name for name in [*EVAL_OUTPUTS, *extra]}
+
+
+def eval_inputs(wildcards):
+    """The test split of the run's dataset and its checkpoint."""
+    run = f"{wildcards.dataset}_{wildcards.size}_{wildcards.run}"
+    return {**split_inputs(wildcards.dataset, "test"), "checkpoint": R.checkpoint(run)}
+
+
+def train_knobs(wildcards, ma_weight_in_name=False):
+    """The knobs a model depends on: not where it runs, not the MA settings of an MSE-only model, not
+    the MA weight that the run's name carries."""
+    drop = ["train.workers", "train.device"]
+    if wildcards.get("loss") == "mse":
+        drop += ["train.ma_weight", "train.ma_k", "train.ma_mask"]
+    if ma_weight_in_name:
+        drop.append("train.ma_weight")
+    return knobs("train", "model", "augment", "data.crop_size", "data.padding", drop=drop)

@@ -1,0 +1,47 @@
+# Training: one model per dataset x heatmap size x loss, plus the MA-weight sweep's extra models.
+# Their params trigger carries only the knobs the weights depend on (common.smk, train_knobs).
+
+TRAIN_CODE = code("train")
+
+
+rule train:
+    input:
+        unpack(lambda wc: split_inputs(wc.dataset, "train")),
+        code=TRAIN_CODE,
+    output:
+        checkpoint=R.checkpoint("{dataset}_{size}_{loss}"),
+        log=R.model_dir("{dataset}_{size}_{loss}") / "train_log.csv",
+    params:
+        out=lambda wc, output: Path(output.checkpoint).parent,
+        knobs=train_knobs,
+    resources:
+        gpu=1,
+    log:
+        R.root / "logs" / "train" / "{dataset}_{size}_{loss}.log",
+    benchmark:
+        R.root / "benchmarks" / "train" / "{dataset}_{size}_{loss}.tsv"
+    shell:
+        "popos train {PARAMS_ARGS} --dataset {wildcards.dataset} --heatmap-size {wildcards.size} "
+        "--loss {wildcards.loss} --out {params.out} > {log} 2>&1"
+
+
+rule train_ma_weight:
+    """A model of Figure 5d: MSE + w * MA with a weight w other than train.ma_weight (and other than 0)."""
+    input:
+        unpack(lambda wc: split_inputs(wc.dataset, "train")),
+        code=TRAIN_CODE,
+    output:
+        checkpoint=R.checkpoint("{dataset}_{size}_mse_ma_w{weight}"),
+        log=R.model_dir("{dataset}_{size}_mse_ma_w{weight}") / "train_log.csv",
+    params:
+        out=lambda wc, output: Path(output.checkpoint).parent,
+        knobs=lambda wc: train_knobs(wc, ma_weight_in_name=True),
+    resources:
+        gpu=1,
+    log:
+        R.root / "logs" / "train" / "{dataset}_{size}_mse_ma_w{weight}.log",
+    benchmark:
+        R.root / "benchmarks" / "train" / "{dataset}_{size}_mse_ma_w{weight}.tsv"
+    shell:
+        "popos train {PARAMS_ARGS} --set train.ma_weight={wildcards.weight} --dataset {wildcards.dataset} "
+        "--heatmap-size {wildcards.size} --loss mse_ma --out {params.out} > {log} 2>&1"
