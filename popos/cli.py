@@ -107,17 +107,21 @@ def _add_data(sub) -> None:
 def _model_info(args):
     from popos.models import print_model_table
 
-    print_model_table(num_landmarks=args.num_landmarks, width=args.width, input_size=args.input_size,
-                      out=Path(args.out) if args.out else None)
+    knobs = _params(args).model.model_dump(exclude={"pretrained"})
+    knobs.update({k: v for k, v in (("width", args.width), ("input_size", args.input_size)) if v is not None})
+    print_model_table(num_landmarks=args.num_landmarks, out=Path(args.out) if args.out else None, **knobs)
 
 
 def _add_model(sub) -> None:
     model = sub.add_parser("model", help="inspect the lightweight HRNet")
     msub = model.add_subparsers(dest="model_cmd", required=True, metavar="{info}")
-    p = msub.add_parser("info", help="parameters and GFLOPs (measured) for each heatmap size")
+    p = msub.add_parser(
+        "info", help="parameters and GFLOPs (measured) for each heatmap size, of the model in params (model:)"
+    )
+    _add_params(p)
     p.add_argument("--num-landmarks", type=int, default=98)
-    p.add_argument("--width", type=int, default=18)
-    p.add_argument("--input-size", type=int, default=256)
+    p.add_argument("--width", type=int, help="overrides model.width")
+    p.add_argument("--input-size", type=int, help="overrides model.input_size")
     p.add_argument("--out", metavar="CSV", help="also write the table (heatmap_size, params_m, gflops) as CSV")
     p.set_defaults(func=_model_info)
 

@@ -26,13 +26,10 @@ rule model_info:
         R.model_info,
     params:
         landmarks=DATASETS[P.grid.datasets[0]].num_landmarks,
-        width=P.model.width,
-        input_size=P.model.input_size,
         knobs=knobs("model"),
     log:
         R.root / "logs" / "model_info.log",
     benchmark:
         R.root / "benchmarks" / "model_info.tsv"
     shell:
-        "popos model info --num-landmarks {params.landmarks} --width {params.width} "
-        "--input-size {params.input_size} --out {output} > {log} 2>&1"
+        "popos model info {PARAMS_ARGS} --num-landmarks {params.landmarks} --out {output} > {log} 2>&1"
