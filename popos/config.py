@@ -120,7 +120,11 @@ class TrainSection(Section):
     sigma: float = Field(default=2.0, gt=0, description="target Gaussian sigma, heatmap px")
     ma_weight: float = Field(default=6.0, ge=0, description="w in L = L_MSE + w * L_MA (paper's best: 6)")
     ma_k: int | None = Field(default=None, ge=1, description="MA mask size; None = the decoder's K at that size")
-    ma_mask: Literal["pred", "target", "union"] = Field(default="pred", description="where the top-K mask comes from")
+    ma_mask: Literal["pred", "target", "union"] = Field(
+        default="union",
+        description="top-K mask of the MA loss: of the prediction, the target or both; 'pred' alone lets a 64 x 64 "
+        "model satisfy MA with flat negative maps whose top K sit on background (NME > 100% in the demo)",
+    )
     workers: int = Field(default=2, ge=0, description="data-loader worker processes")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(default=True, description="mixed precision on CUDA")

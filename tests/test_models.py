@@ -205,8 +205,10 @@ def test_model_table_and_cli_csv(tmp_path, capsys):
     assert [int(r["heatmap_size"]) for r in table] == [64, 32, 16, 8, 4]
     assert "GFLOPs" in capsys.readouterr().out
     # at a 64 input only strides 2, 4, 8 fit (heatmaps 32, 16, 8)
-    assert main(["model", "info", "--num-landmarks", "5", "--width", "2", "--input-size", "64",
-                 "--out", str(tmp_path / "cli.csv")]) == 0
+    slim = tmp_path / "slim.yaml"
+    slim.write_text("model: {stem_width: 8, stage1_blocks: 1, num_blocks: 1, num_modules: [1, 1, 1]}\n")
+    assert main(["model", "info", "--params", str(slim), "--num-landmarks", "5", "--width", "2",
+                 "--input-size", "64", "--out", str(tmp_path / "cli.csv")]) == 0
     with open(tmp_path / "cli.csv") as f:
         assert [int(r["heatmap_size"]) for r in csv.DictReader(f)] == [32, 16, 8]
     assert not list(tmp_path.glob(".*tmp"))
