@@ -17,12 +17,10 @@ the model (:func:`evaluate_saved_heatmaps`).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,6 +36,7 @@ from popos.data.registry import get_dataset
 from popos.decoders import VARIANTS, decode
 from popos.draw import draw_landmarks
 from popos.geometry import apply_affine, flip_points, heatmap_to_input, invert_affine
+from popos.io import atomic_path
 from popos.metrics import nme_per_image, summarize
 from popos.models import build_model
 
@@ -45,25 +44,6 @@ CHECKPOINT_FORMAT = 1
 CHECKPOINT_KEYS = ("format_version", "config", "epoch", "model", "optimizer", "scheduler", "scaler", "rng", "history")
 
 Variants = Mapping[str, tuple[str, Mapping]]
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
-
-    The parent folder is created. On any exception the temporary file is removed and ``path`` is left as
-    it was, so nothing half-written survives a failure.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def resolve_device(device: str | None) -> torch.device:

@@ -104,7 +104,7 @@ class LandmarkLoss(nn.Module):
     and MA-trained runs can be compared on it. ``ma_k`` / ``ma_mask`` are :func:`ma_loss`'s ``k`` / ``mask``.
     """
 
-    def __init__(self, ma_weight: float = 0.0, ma_k: int | None = None, ma_mask: MaskSource = "pred") -> None:
+    def __init__(self, ma_weight: float = 0.0, ma_k: int | None = None, ma_mask: MaskSource = "union") -> None:
         super().__init__()
         if ma_weight < 0:
             raise ValueError(f"ma_weight must be >= 0, got {ma_weight}")

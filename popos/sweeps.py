@@ -68,7 +68,8 @@ def decoder_sweep(
 def run_decoder_sweep(params: Params, heatmaps: str | Path, checkpoint: str | Path, out: str | Path) -> pd.DataFrame:
     """:func:`decoder_sweep` of the heatmaps that ``checkpoint``'s model produced (its stored config gives
     the input size and flip index), printed and written to ``out`` as CSV (atomically)."""
-    from popos.evaluate import atomic_path, load_checkpoint
+    from popos.evaluate import load_checkpoint
+    from popos.io import atomic_path
 
     cfg = load_checkpoint(checkpoint)["config"]
     table = decoder_sweep(params, heatmaps, input_size=cfg["model"]["input_size"], flip_index=cfg["flip_index"])

@@ -39,7 +39,6 @@ from popos.data.prepared import PreparedSplit
 from popos.data.registry import get_dataset
 from popos.evaluate import (
     CHECKPOINT_FORMAT,
-    atomic_path,
     load_checkpoint,
     nme_table,
     predict_split,
@@ -49,6 +48,7 @@ from popos.evaluate import (
     summarize_table,
 )
 from popos.geometry import stride
+from popos.io import atomic_path
 from popos.losses import LandmarkLoss
 from popos.models import build_model
 

@@ -14,6 +14,7 @@ rule train:
     params:
         out=lambda wc, output: Path(output.checkpoint).parent,
         knobs=train_knobs,
+    threads: 1
     resources:
         gpu=1,
     log:
@@ -21,7 +22,7 @@ rule train:
     benchmark:
         R.root / "benchmarks" / "train" / "{dataset}_{size}_{loss}.tsv"
     shell:
-        "popos train {PARAMS_ARGS} --dataset {wildcards.dataset} --heatmap-size {wildcards.size} "
+        "OMP_NUM_THREADS={threads} popos train {PARAMS_ARGS} --dataset {wildcards.dataset} --heatmap-size {wildcards.size} "
         "--loss {wildcards.loss} --out {params.out} > {log} 2>&1"
 
 
@@ -36,6 +37,7 @@ rule train_ma_weight:
     params:
         out=lambda wc, output: Path(output.checkpoint).parent,
         knobs=lambda wc: train_knobs(wc, ma_weight_in_name=True),
+    threads: 1
     resources:
         gpu=1,
     log:
@@ -43,5 +45,5 @@ rule train_ma_weight:
     benchmark:
         R.root / "benchmarks" / "train" / "{dataset}_{size}_mse_ma_w{weight}.tsv"
     shell:
-        "popos train {PARAMS_ARGS} --set train.ma_weight={wildcards.weight} --dataset {wildcards.dataset} "
+        "OMP_NUM_THREADS={threads} popos train {PARAMS_ARGS} --set train.ma_weight={wildcards.weight} --dataset {wildcards.dataset} "
         "--heatmap-size {wildcards.size} --loss mse_ma --out {params.out} > {log} 2>&1"
