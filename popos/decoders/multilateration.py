@@ -186,6 +186,7 @@ def gauss_newton(
     free: tuple[bool, bool, bool],
     slack: Tensor | float = 0.0,
     tol: float = 1e-3,
+    restrict: Callable[[Tensor], Evaluate] | None = None,
 ) -> Tensor:
     """Batched damped Gauss-Newton (Levenberg-Marquardt) from ``theta [B, 3]``; returns ``[B, 3]``.
 
@@ -193,10 +194,16 @@ def gauss_newton(
     ``free``, keeps the trial point only where it does not raise the cost by more than ``slack`` (the
     cost's rounding error, ``[B]`` or a number; else it stays and raises ``lam`` tenfold; on success
     ``lam`` drops tenfold), and stops early once no step exceeds ``tol`` (in the units of ``theta``, heatmap
-    px for the position). Singular systems give a zero
-    step, so the better point (up to ``slack``) is always returned.
+    px for the position). Singular systems give a zero step, so the better point (up to ``slack``) is
+    always returned. ``restrict(rows)``, when given, returns the evaluator of those rows of the batch: rows
+    whose step fell below ``tol`` then leave the iteration once they are half of those still running, so
+    that a slowly converging tail (range equations biased by the peak amplitude converge only linearly)
+    does not cost full-batch iterations.
     """
     fixed = torch.tensor([not f for f in free], device=theta.device)
+    out = theta.clone()
+    rows = torch.arange(theta.shape[0], device=theta.device)
+    slack = torch.as_tensor(slack, dtype=theta.dtype, device=theta.device).expand(theta.shape[0])
     cost, jtj, jtr = evaluate(theta)
     lam = torch.full_like(cost, 1e-3)
     for _ in range(iterations):
@@ -215,9 +222,17 @@ def gauss_newton(
         jtj = torch.where(better[:, None, None], trial_jtj, jtj)
         jtr = torch.where(better[:, None], trial_jtr, jtr)
         lam = lam * torch.where(better, 0.1, 10.0)
-        if not bool((step.abs() > tol).any()):
+        moving = (step.abs() > tol).any(-1)
+        if not bool(moving.any()):
             break
-    return theta
+        if restrict is not None and 2 * int(moving.sum()) <= moving.numel():
+            out[rows] = theta
+            rows, theta, cost, jtj, jtr, lam, slack = (
+                t[moving] for t in (rows, theta, cost, jtj, jtr, lam, slack)
+            )
+            evaluate = restrict(rows)
+    out[rows] = theta
+    return out
 
 
 @register("igno")
@@ -247,6 +262,9 @@ def igno(
     values, coords = top_anchors(maps, x, y, k, anchor_window(k))
     d2 = distance_maps(values, sigma, EPS, squared=True)
     start = torch.stack([x.float(), y.float(), torch.zeros_like(x, dtype=torch.float32)], -1)
-    theta = gauss_newton(range_residuals(coords, d2, objective), start, iterations, free=(True, True, False))
+    theta = gauss_newton(
+        range_residuals(coords, d2, objective), start, iterations, free=(True, True, False),
+        restrict=lambda rows: range_residuals(coords[rows], d2[rows], objective),
+    )
     p = torch.where(no_peak(values)[:, None], start[:, :2], clamp_to_map(theta[:, :2], height, width))
     return unflatten(p, heatmaps)
