@@ -66,12 +66,11 @@ def bench_decoders(
 
     ``methods`` defaults to every variant of ``popos.decoders.VARIANTS``; ``one_hot`` is always timed too, as
     the reference of ``ratio_to_one_hot`` (``ms / ms of one_hot``: how many times slower). ``sigma`` (heatmap
-    px) and ``popos_options`` go to the decoders as in evaluation (``popos.evaluate.resolve_variants``).
+    px) and ``popos_options`` go to the decoders as in evaluation (``popos.decoders.resolve_variants``).
     Prints the table and, with ``out``, writes it as CSV (atomically). Returns a DataFrame with the columns
     ``COLUMNS``: ``ms`` per batch (median), ``faces_per_s = batch / ms * 1000``.
     """
-    from popos.decoders import VARIANTS, decode
-    from popos.evaluate import resolve_variants
+    from popos.decoders import VARIANTS, decode, resolve_variants
 
     dev = _device(device)
     for name, value in (("batch", batch), ("num_landmarks", num_landmarks), ("repeats", repeats)):

@@ -33,7 +33,7 @@ from popos.config import Params
 from popos.data.dataset import LandmarkDataset, input_from_image
 from popos.data.prepared import PreparedSplit
 from popos.data.registry import get_dataset
-from popos.decoders import VARIANTS, decode
+from popos.decoders import decode, resolve_variants
 from popos.draw import draw_landmarks
 from popos.geometry import apply_affine, flip_points, heatmap_to_input, invert_affine
 from popos.io import atomic_path
@@ -89,20 +89,6 @@ def model_from_checkpoint(ckpt: dict, device: torch.device) -> nn.Module:
 
 
 # ---------------------------------------------------------------- inference and decoding
-def resolve_variants(names: Sequence[str], popos_options: Mapping | None = None) -> dict[str, tuple[str, dict]]:
-    """Decoder variant names -> ``{name: (method, options)}`` from ``popos.decoders.VARIANTS``.
-
-    ``popos_options`` (params ``decode.popos``) override the options of the ``popos`` variant.
-    """
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        raise ValueError(f"decode.methods: unknown variant(s) {unknown}; available: {sorted(VARIANTS)}")
-    out = {n: (VARIANTS[n][0], dict(VARIANTS[n][1])) for n in names}
-    if "popos" in out and popos_options:
-        out["popos"] = (out["popos"][0], {**out["popos"][1], **popos_options})
-    return out
-
-
 @torch.no_grad()
 def forward_heatmaps(
     model: nn.Module, images: Tensor, *, flip: bool, amp: bool = False

@@ -151,7 +151,7 @@ def oracle_study(params: Params, dataset_dir: str | Path | None = None) -> pd.Da
     as evaluation does). With ``dataset_dir`` (a prepared split) its landmarks replace the random points; only
     visible ones count. Returns a DataFrame with the columns ``COLUMNS``.
     """
-    from popos.evaluate import resolve_variants
+    from popos.decoders import resolve_variants
 
     cfg, input_size = params.oracle, params.model.input_size
     variants = resolve_variants(params.decode.methods, params.decode.popos)

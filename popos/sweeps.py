@@ -27,7 +27,7 @@ def sweep_variants(params: Params) -> dict[str, tuple[str, dict, str, float]]:
     ...                                              "sweeps.samples_per_pixel=[4]"])))
     ['anchors=10', 'region=1', 'samples_per_pixel=4']
     """
-    from popos.evaluate import resolve_variants
+    from popos.decoders import resolve_variants
 
     name = params.sweeps.method
     method, base = resolve_variants([name], params.decode.popos)[name]

@@ -10,28 +10,18 @@ from test_train import HEATMAP, TINY, tiny_params, write_tiny_dataset
 from popos.cli import main
 from popos.codec import encode_heatmaps
 from popos.data.prepared import PreparedSplit
+from popos.decoders import resolve_variants
 from popos.evaluate import (
     check_flip_index,
     decode_coordinates,
     evaluate,
     evaluate_saved_heatmaps,
     load_checkpoint,
-    resolve_variants,
 )
 from popos.geometry import flip_points, stride
 from popos.train import train
 
 METHODS = ["one_hot", "dark", "popos"]
-
-
-@pytest.fixture(autouse=True)
-def _quiet_single_thread(monkeypatch):
-    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
-    # tiny models run fastest on one thread; two threads on a busy 2-core machine wait on each other
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

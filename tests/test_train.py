@@ -25,16 +25,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _quiet_single_thread(monkeypatch):
-    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
-    # tiny models run fastest on one thread; two threads on a busy 2-core machine wait on each other
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_tiny_dataset(root: Path, name: str = "synth", n_train: int = 16, n_test: int = 6, crop: int = 48) -> Path:
     """Prepared train/test splits of ``name`` under ``root/name``: faces are dots drawn at a jittered,
     rescaled template of K points, so a model can learn them; returns ``root``."""

@@ -19,6 +19,7 @@ plus ``popos_authors``, our ``popos`` set to the authors' released decoder.
 from __future__ import annotations
 
 import inspect
+from typing import Mapping, Sequence
 
 from torch import Tensor
 
@@ -30,7 +31,7 @@ from popos.decoders.popos import PRESETS, default_anchors
 VARIANTS: dict[str, tuple[str, dict]] = {name: (name, {}) for name in METHODS}
 VARIANTS["popos_authors"] = ("popos", {"preset": "authors"})
 
-__all__ = ["METHODS", "PRESETS", "VARIANTS", "decode", "default_anchors", "register"]
+__all__ = ["METHODS", "PRESETS", "VARIANTS", "decode", "default_anchors", "register", "resolve_variants"]
 
 
 def decode(heatmaps: Tensor, method: str, *, sigma: float = 2.0, **options) -> Tensor:
@@ -48,3 +49,17 @@ def decode(heatmaps: Tensor, method: str, *, sigma: float = 2.0, **options) -> T
     if unknown:
         raise ValueError(f"decoder {method!r} has no option(s) {unknown}; valid: {', '.join(allowed) or 'none'}")
     return fn(heatmaps, sigma=sigma, **{**preset, **options})
+
+
+def resolve_variants(names: Sequence[str], popos_options: Mapping | None = None) -> dict[str, tuple[str, dict]]:
+    """Decoder variant names -> ``{name: (method, options)}`` from ``popos.decoders.VARIANTS``.
+
+    ``popos_options`` (params ``decode.popos``) override the options of the ``popos`` variant.
+    """
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"decode.methods: unknown variant(s) {unknown}; available: {sorted(VARIANTS)}")
+    out = {n: (VARIANTS[n][0], dict(VARIANTS[n][1])) for n in names}
+    if "popos" in out and popos_options:
+        out["popos"] = (out["popos"][0], {**out["popos"][1], **popos_options})
+    return out
