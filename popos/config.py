@@ -163,10 +163,11 @@ class OracleSection(Section):
     """Decoding study without a model."""
 
     heatmap_sizes: list[HeatmapSize] = Field(default=[64, 32, 16, 8, 4])
-    conditions: list[Literal["clean", "noise", "amp07", "ampnoise", "flip", "flipcoord"]] = Field(
-        default=["clean", "noise", "amp07", "ampnoise", "flip", "flipcoord"],
+    conditions: list[Literal["clean", "noise", "amp07", "ampnoise", "flip", "flipcoord", "flipshift"]] = Field(
+        default=["clean", "noise", "amp07", "ampnoise", "flip", "flipcoord", "flipshift"],
         description="map perturbations (popos.oracle): perfect, +N(0,0.05), peak x0.7, peak x U(0.6,1) + "
-        "N(0,0.02), flip test averaging maps (exact mirror), flip test averaging decoded points (as evaluate)",
+        "N(0,0.02), flip test averaging maps (exact mirror), flip test averaging decoded points (as evaluate), "
+        "mmpose's flip test (whole-column shift, +0.5 px bias in x; upstream's flip_center)",
     )
     points: Literal["center", "full"] = Field(
         default="center",

@@ -14,7 +14,10 @@ px. Conditions (reference: upstream measurements, section 9.1):
   (``x -> input_size - 1 - x``) is mirrored back (see :func:`mirror_heatmaps`) and averaged 0.5 / 0.5 with
   the map itself, then decoded once;
 * ``flipcoord``: the flip test of :mod:`popos.evaluate`: perfect maps of the input and of the mirrored input
-  are decoded separately, the second prediction is mirrored back and the two are averaged.
+  are decoded separately, the second prediction is mirrored back and the two are averaged;
+* ``flipshift``: mmpose's flip test exactly as the authors ran it (upstream ``flip_center``): as ``flip``
+  but the mirrored map is shifted by one whole column (``shift_heatmap``), which biases x by ``+0.5`` input
+  px after averaging, so ``0.5`` is the best mean error there.
 
 Every random draw is seeded from ``oracle.seed``; a condition's noise depends only on the seed, the
 condition and the heatmap size, so the tables do not change when other conditions or sizes are added.
@@ -33,7 +36,7 @@ from popos import geometry
 from popos.config import Params
 from popos.io import write_csv_atomic
 
-CONDITIONS = ("clean", "noise", "amp07", "ampnoise", "flip", "flipcoord")
+CONDITIONS = ("clean", "noise", "amp07", "ampnoise", "flip", "flipcoord", "flipshift")
 COLUMNS = ["condition", "heatmap_size", "method", "mean_px", "median_px", "max_px"]
 
 
@@ -74,19 +77,19 @@ def split_points(
     return torch.from_numpy(points.astype(np.float32)), torch.from_numpy(split.visible[index].copy())
 
 
-def mirror_heatmaps(heatmaps: torch.Tensor, input_size: int) -> torch.Tensor:
+def mirror_heatmaps(heatmaps: torch.Tensor, input_size: int, exact: bool = True) -> torch.Tensor:
     """Map heatmaps of the horizontally mirrored input back to the unmirrored frame: ``[..., H, W]`` -> same.
 
     Mirroring the input is ``x -> input_size - 1 - x`` in input px, i.e. ``v -> c - v`` in heatmap px with
     ``c = (input_size - 1) / stride = W - 1 / stride``. A column reversal alone mirrors about ``(W - 1) / 2``;
     the remaining shift of ``1 - 1 / stride`` heatmap px is done by linear interpolation (the outermost
-    column is repeated beyond the border). mmpose's ``shift_heatmap`` shifts by a whole column instead,
-    which biases x by ``+0.5`` input px after averaging.
+    column is repeated beyond the border). ``exact=False``: mmpose's ``shift_heatmap``, a whole column
+    (column 0 repeated), which biases x by ``+0.5`` input px after averaging.
     """
     s = geometry.stride(input_size, heatmaps.shape[-1])
     rev = heatmaps.flip(-1)
     shifted = torch.cat([rev[..., :1], rev[..., :-1]], dim=-1)  # shifted[j] = rev[j - 1]
-    return rev / s + shifted * (1 - 1 / s)
+    return rev / s + shifted * (1 - 1 / s) if exact else shifted
 
 
 def mirror_points(points: torch.Tensor, input_size: int) -> torch.Tensor:
@@ -128,10 +131,10 @@ def oracle_heatmaps(
     if condition == "ampnoise":
         peak = 0.6 + 0.4 * torch.rand(maps.shape[:-2] + (1, 1), generator=generator)
         return maps * peak + 0.02 * torch.randn(maps.shape, generator=generator)
-    if condition == "flip":
+    if condition in ("flip", "flipshift"):
         mirrored = mirror_points(points, input_size) / s
         flipped = encode_heatmaps(mirrored, heatmap_size, sigma=sigma, unbiased=True).float()
-        return 0.5 * (maps + mirror_heatmaps(flipped, input_size))
+        return 0.5 * (maps + mirror_heatmaps(flipped, input_size, exact=condition == "flip"))
     return maps
 
 

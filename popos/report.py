@@ -594,7 +594,8 @@ def _markdown(params: Params, tables: dict[str, pd.DataFrame], figures: list[str
         "## Decoding without a model (oracle)",
         "Each dataset's test landmarks encoded as heatmaps, perturbed and decoded (popos.oracle). Conditions: "
         "clean; noise (+N(0, 0.05)); amp07 (peak x0.7); ampnoise (peak x U(0.6, 1) + N(0, 0.02)); flip (flip test "
-        "averaging the maps); flipcoord (flip test averaging the decoded points, as the evaluation does).",
+        "averaging the maps); flipcoord (flip test averaging the decoded points, as the evaluation does); flipshift "
+        "(mmpose's flip test as the authors ran it: a whole-column shift that moves x by +0.5 input px).",
         _md_oracle(tables["oracle"]),
     ]
     return "\n\n".join(parts) + "\n"

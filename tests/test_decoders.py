@@ -88,6 +88,8 @@ def test_decode_rejects_unknown_names_and_options():
         ("popos", {"samples_per_pixel": 0}, "samples_per_pixel must be a number > 0"),
         ("popos", {"station": "centroid"}, "station must be one of"),
         ("popos", {"objective": "l1", "amplitude": "joint"}, "amplitude='joint' needs objective"),
+        ("popos", {"border_ratio": -1.0}, "border_ratio must be a number >= 0"),
+        ("popos", {"objective": "l2", "border_ratio": 50.0}, "border_ratio > 0 needs objective 'ml'"),
         ("popos", {"sigma": 0.0}, "sigma must be a number > 0"),
         ("igno", {"anchors": 2}, "anchors must be an integer >= 3"),
         ("igno", {"objective": "ml"}, "objective must be one of 'l2', 'l1'"),
@@ -420,6 +422,39 @@ def test_popos_objectives_and_presets_are_exact_on_clean_maps_where_they_should_
     l1 = error_input_px(decode(hm / 0.6, "popos", objective="l1", amplitude="none", refine=5), pts, 16)
     assert l1.max() < 0.02
 
+
+
+def flip_test_maps(pts: torch.Tensor, size: int) -> torch.Tensor:
+    """``[n, size, size]`` heatmaps of a flip test that averages maps (mirror back by linear interpolation,
+    the column the mirror does not cover copied from its neighbour), for heatmap-px points ``[n, 2]``."""
+    stride = INPUT / size
+    mirrored = torch.stack([(INPUT - 1) / stride - pts[:, 0], pts[:, 1]], -1)
+    back = encode_heatmaps(mirrored, size).flip(-1)
+    shifted = torch.cat([back[..., :1], back[..., :-1]], -1)
+    return 0.5 * (encode_heatmaps(pts, size) + back / stride + shifted * (1 - 1 / stride))
+
+
+@pytest.mark.parametrize(("size", "off"), [(8, 1.0), (4, 5.0)])
+@pytest.mark.parametrize("options", [{}, {"anchors": 12}, {"amplitude": "none"}])  # separable, masked, fixed A
+def test_border_line_test_drops_a_flip_tests_copied_column(size, off, options):
+    pts = random_points(200, size, size, margin=0.5, seed=30)
+    hm = flip_test_maps(pts, size)[None]
+    plain = error_input_px(decode(hm, "popos", border_ratio=0, **options)[0], pts, size).mean()
+    tested = error_input_px(decode(hm, "popos", **options)[0], pts, size).mean()
+    assert plain > off and tested < 0.15  # oracle (3,136 points): 1.46 -> 0.07 at 8x8, 10.9 -> 0.08 at 4x4
+    # clean maps never trip it, and away from the border it does not run
+    clean = encode_heatmaps(pts, size)[None]
+    assert error_input_px(decode(clean, "popos")[0], pts, size).max() < 0.01
+    inner = noisy(encode_heatmaps(random_points(50, 32, 32, margin=8, seed=31), 32), 0.05)[None]
+    assert torch.equal(decode(inner, "popos"), decode(inner, "popos", border_ratio=0))
+
+
+def test_border_line_test_costs_little_under_noise():
+    pts = random_points(400, 4, 4, margin=0.5, seed=32)
+    hm = noisy(encode_heatmaps(pts, 4), 0.05, seed=33)[None]
+    plain = error_input_px(decode(hm, "popos", border_ratio=0)[0], pts, 4).mean()
+    tested = error_input_px(decode(hm, "popos")[0], pts, 4).mean()
+    assert tested < 1.02 * plain
 
 def test_parabola_station_is_exact_for_clean_gaussians_and_keeps_the_argmax_on_flat_maps():
     pts = torch.tensor([[0.2, 7.0], [3.7, 0.0], [7.4, 6.6], [5.0, 2.25]])

@@ -132,6 +132,22 @@ def test_flip_condition_keeps_the_centroid(points):
     torch.testing.assert_close(centroid_x(flip), centroid_x(clean), atol=1e-3, rtol=0)
 
 
+
+def test_flipshift_is_mmposes_whole_column_shift_and_its_half_pixel_bias(points):
+    maps = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    shifted = oracle.mirror_heatmaps(maps, 256, exact=False)
+    torch.testing.assert_close(shifted[..., 1:], maps.flip(-1)[..., :-1])
+    torch.testing.assert_close(shifted[..., 0], maps[..., -1])  # column 0 repeated
+    # an exact decoder on mmpose's averaged maps errs by +0.5 input px in x (upstream flip_center: 0.500)
+    from popos.decoders import decode
+
+    for size in (64, 16):
+        hm = oracle.oracle_heatmaps(points, "flipshift", size)
+        pred = decode(hm, "popos") * (256 / size)
+        err = pred - points
+        torch.testing.assert_close(err[..., 0].mean(), torch.tensor(0.5), atol=0.02, rtol=0)
+        assert err[..., 1].abs().max() < 0.01
+
 def test_run_oracle_writes_csv_and_prints(tmp_path, capsys):
     out = tmp_path / "sub" / "oracle.csv"
     table = oracle.run_oracle(small_params("oracle.conditions=[clean, noise]"), out=out)

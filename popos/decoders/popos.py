@@ -71,6 +71,7 @@ OURS = dict(
     objective="ml",
     amplitude="joint",
     refine=1,
+    border_ratio=100.0,
 )
 # [i, j] = y power i, x power j (flattened i * 3 + j) -> the order (ux, uy, 1) x (ux, uy, 1)
 _GN_LAYOUT = [2, 4, 1, 4, 6, 3, 1, 3, 0]
@@ -100,6 +101,7 @@ def authors_preset(height: int, width: int) -> dict:
         objective="l1",
         amplitude="none",
         refine=0,
+        border_ratio=0.0,
     )
 
 
@@ -164,29 +166,39 @@ def _gaussians(coords: Tensor, centres: Tensor, sigma: float) -> tuple[Tensor, T
 class _Window:
     """Pixels of a square window around each peak, for the separable ``"ml"`` objective.
 
-    ``values [B, w, w]`` float32, ``mask`` (1 on anchors; ``None``: all pixels) and pixel coordinates
-    ``coords [B, 2, w]`` (x of the columns, y of the rows). The unit Gaussian at ``p`` is
-    ``g = gy(y) gx(x)``, so sums of ``g^2`` over an unmasked window factor into sums over rows and columns.
+    ``values [B, w, w]`` float32, pixel coordinates ``coords [B, 2, w]`` (x of the columns, y of the rows)
+    and the pixels used: all, or a ``mask [B, w, w]`` (1 on anchors), or a separable mask given by ``axes
+    [B, 2, w]`` (0 on left-out columns, then rows). The unit Gaussian at ``p`` is ``g = gy(y) gx(x)``, so
+    sums of ``g^2`` over a window without ``mask`` factor into sums over rows and columns.
     """
 
-    def __init__(self, maps: Tensor, centre_x: Tensor, centre_y: Tensor, side: int, anchors: int | None):
+    def __init__(self, values: Tensor, coords: Tensor, mask: Tensor | None = None, axes: Tensor | None = None):
+        if axes is not None:
+            mask = axes[:, 1, :, None] * axes[:, 0, None, :]
+        self.values, self.coords, self.mask, self.axes = values, coords, mask, axes
+        self.weighted = values if mask is None else values * mask
+        self.energy = (self.weighted * values).sum((1, 2))
+
+    @classmethod
+    def around(cls, maps: Tensor, centre_x: Tensor, centre_y: Tensor, side: int, anchors: int | None) -> _Window:
+        """The ``side``-wide window of ``maps [B, H, W]`` around integer ``(centre_x, centre_y) [B]`` (cut to
+        the map, shifted to stay inside it); ``anchors``: only the largest pixels are used (``None``: all)."""
         side = min(side, *maps.shape[1:])
-        self.values, x0, y0 = window(maps, centre_x, centre_y, side)
-        n = self.values.shape[0]
-        self.coords = (torch.stack([x0, y0], 1)[:, :, None] + torch.arange(side, device=maps.device)).float()
-        self.mask = None
+        values, x0, y0 = window(maps, centre_x, centre_y, side)
+        n = values.shape[0]
+        coords = (torch.stack([x0, y0], 1)[:, :, None] + torch.arange(side, device=maps.device)).float()
+        mask = None
         if anchors is not None and anchors < side * side:
-            top = self.values.reshape(n, -1).topk(anchors, dim=-1).indices
-            self.mask = torch.zeros(n, side * side, device=maps.device).scatter_(1, top, 1.0).reshape(self.values.shape)
-        self.weighted = self.values if self.mask is None else self.values * self.mask
-        self.energy = (self.weighted * self.values).sum((1, 2))
+            top = values.reshape(n, -1).topk(anchors, dim=-1).indices
+            mask = torch.zeros(n, side * side, device=maps.device).scatter_(1, top, 1.0).reshape(values.shape)
+        return cls(values, coords, mask)
 
     def grid_scores(self, sl: slice, centres: Tensor, sigma: float, joint: bool) -> Tensor:
         """ML cost (up to a constant) of every candidate ``(x_j, y_i)`` for ``centres [b, 2, n]``: ``[b, n, n]``."""
         _, g = _gaussians(self.coords[sl], centres, sigma)  # [b, 2, n, w]
         hg = torch.einsum("biy,byx,bjx->bij", g[:, 1], self.weighted[sl], g[:, 0])  # sum of h g over anchors
-        if self.mask is None:
-            sq = (g * g).sum(-1)
+        if self.mask is None or self.axes is not None:
+            sq = (g * g * (1 if self.axes is None else self.axes[sl, :, None])).sum(-1)
             gg = sq[:, 1, :, None] * sq[:, 0, None, :]
         else:
             gg = torch.einsum("biy,byx,bjx->bij", g[:, 1] ** 2, self.mask[sl], g[:, 0] ** 2)
@@ -205,12 +217,17 @@ class _Window:
         g2 = g * g
         g2u = g2 * u
         powers = torch.stack([g2, g2u, g2u * u], 2)  # [B, 2, 3, w]: g^2 (1, u, u^2) per axis
-        if self.mask is None:  # sum g^2 uy^i ux^j = (sum gy^2 uy^i)(sum gx^2 ux^j)
-            sq = powers.sum(-1)
+        if self.mask is None or self.axes is not None:  # sum g^2 uy^i ux^j = (sum gy^2 uy^i)(sum gx^2 ux^j)
+            sq = (powers * (1 if self.axes is None else self.axes[:, :, None])).sum(-1)
             sums = sq[:, 1, :, None] * sq[:, 0, None, :]
         else:
             sums = torch.einsum("biy,byx,bjx->bij", powers[:, 1], self.mask, powers[:, 0])
         return hgv, sums.reshape(-1, 9)[:, _GN_LAYOUT].reshape(-1, 3, 3)
+
+    def residuals(self, theta: Tensor, sigma: float) -> Tensor:
+        """``h - A g`` at every window pixel for ``theta [B, 3] = (x, y, A)``: ``[B, w, w]``."""
+        _, g = _gaussians(self.coords, theta[:, :2], sigma)
+        return self.values - theta[:, 2, None, None] * g[:, 1, :, None] * g[:, 0, None, :]
 
     def amplitude(self, p: Tensor, sigma: float) -> Tensor:
         """Least-squares peak amplitude ``sum h g / sum g^2`` at points ``p [B, 2]``: ``[B]``."""
@@ -233,6 +250,91 @@ class _Window:
             return cost, jtj, jtr
 
         return evaluate
+
+
+def _line_deletion_ratio(win: _Window, theta: Tensor, present: Tensor, sigma: float, free: tuple[bool, ...]) -> Tensor:
+    """The statistic of :func:`_drop_border_line`, linearised: one Gauss-Newton step from ``theta [B, 3]``
+    stands for the refit without each line, so only sums over the lines are needed beyond the full fit's.
+    Lines: the window's first and last column, first and last row; ``present [B, 4]`` marks those on the
+    map border. Returns ``[B, 4]`` (0 where not present)."""
+    cost, jtj, jtr = win.evaluate(sigma)(theta)  # over the whole window: sum r^2, J^T J, -J^T r
+    u, g = _gaussians(win.coords, theta[:, :2], sigma)  # [B, 2, w]
+    side = u.shape[-1]
+
+    def along(t: Tensor) -> tuple[Tensor, Tensor]:  # [B, 2, w] (x, y) -> [B, 4, w] of x, of y along the lines
+        ends = torch.stack([t[:, :, 0], t[:, :, -1]], 1)[..., None].expand(-1, 2, 2, side)  # [B, end, axis, w]
+        x = torch.cat([ends[:, :, 0], t[:, None, 0].expand(-1, 2, side)], 1)
+        y = torch.cat([t[:, None, 1].expand(-1, 2, side), ends[:, :, 1]], 1)
+        return x, y
+
+    (ux, uy), (gx, gy) = along(u), along(g)
+    g_line = gx * gy
+    values, used = win.values, torch.ones_like(win.values) if win.mask is None else win.mask
+    slices = [(slice(None), slice(None), 0), (slice(None), slice(None), -1), (slice(None), 0), (slice(None), -1)]
+    h_line = torch.stack([values[s] for s in slices], 1)
+    used_line = torch.stack([used[s] for s in slices], 1) * present[..., None]
+    a = theta[:, 2, None, None]
+    r_line = (h_line - a * g_line) * used_line
+    jac_line = torch.stack([a * ux / sigma**2, a * uy / sigma**2, torch.ones_like(ux)], 2)
+    jac_line = jac_line * (g_line * used_line)[:, :, None]  # [B, 4, 3, w]
+    # normal equations without the line; a fixed parameter gets an identity row, so a zero step
+    keep = torch.tensor(free, dtype=jtj.dtype, device=jtj.device)
+    h_rest = jtj[:, None] - torch.einsum("bliw,bljw->blij", jac_line, jac_line)
+    h_rest = h_rest * (keep[:, None] * keep) + torch.diag(1 - keep)
+    g_rest = (-jtr[:, None] - torch.einsum("bliw,blw->bli", jac_line, r_line)) * keep
+    step, _ = torch.linalg.solve_ex(h_rest, g_rest)
+    predicted = (r_line - torch.einsum("bliw,bli->blw", jac_line, step)) * used_line
+    count = used_line.sum(-1)
+    rest_ss = cost[:, None] - (r_line**2).sum(-1) - (g_rest * step).sum(-1)
+    rest_var = rest_ss.clamp_min(0) / (used.sum((1, 2))[:, None] - count - 3).clamp_min(1)
+    line_ms = (predicted**2).sum(-1) / count.clamp_min(1)
+    return torch.where(count > 0, line_ms / rest_var.clamp_min(1e-30), 0.0)
+
+
+def _drop_border_line(
+    win: _Window, theta: Tensor, height: int, width: int, sigma: float, ratio: float, free: tuple[bool, bool, bool]
+) -> Tensor:
+    """Refit without a map-border line of the window where that line disagrees with the rest of the peak.
+
+    Border pixels are the least trustworthy: a flip test that averages heatmaps fills the column its
+    mirror image does not cover with a copy of its neighbour (mmpose's ``shift_heatmap``), and padding
+    distorts network outputs there. A least-squares fit follows such a line, and on small maps (a 4 x 4
+    map is a quarter border column) it moves far. For every window ``win`` touching the border of the
+    ``height x width`` map, each border line (row or column) of the map inside the window is left out in
+    turn and ``theta [B, 3] = (x, y, A)`` refitted (3 Gauss-Newton steps on the parameters marked ``free``).
+    The line is an outlier when its mean squared residual under the fit without it exceeds ``ratio`` times
+    the residual variance of the other pixels (plus a floor of ``1e-4 A`` RMS) and at least 6 pixels
+    remain; the fit without the most discordant line is kept. Returns ``[B, 3]``. Only lines whose
+    linearised statistic (:func:`_line_deletion_ratio`) reaches a tenth of ``ratio`` are refitted: under
+    pixel noise almost none, so the test costs a few sums over the border lines.
+    """
+    n = win.values.shape[0]
+    cx, cy = win.coords[:, 0], win.coords[:, 1]
+    lines = torch.stack([cx == 0, cx == width - 1, cy == 0, cy == height - 1], 1)  # [B, 4, w]: on the line
+    which, line = (_line_deletion_ratio(win, theta, lines.any(-1), sigma, free) > 0.1 * ratio).nonzero(as_tuple=True)
+    if which.numel() == 0:
+        return theta
+    axes = torch.ones(which.numel(), 2, win.values.shape[-1], device=theta.device)
+    axes[torch.arange(which.numel(), device=theta.device), line // 2] = (~lines[which, line]).float()
+    out = 1 - axes[:, 1, :, None] * axes[:, 0, None, :]
+    if win.mask is None:
+        sub = _Window(win.values[which], win.coords[which], axes=axes)
+    else:
+        sub = _Window(win.values[which], win.coords[which], mask=win.mask[which] * (1 - out))
+    keep = sub.mask
+    fit = gauss_newton(sub.evaluate(sigma), theta[which], 3, free=free, slack=1e-6 * sub.energy)
+    r2 = sub.residuals(fit, sigma) ** 2
+    line_ms = (r2 * out).sum((1, 2)) / out.sum((1, 2))
+    rest_var = (r2 * keep).sum((1, 2)) / (keep.sum((1, 2)) - 3).clamp_min(1)
+    excess = line_ms - ratio * rest_var - (1e-4 * fit[:, 2]) ** 2
+    excess = torch.where(keep.sum((1, 2)) >= 6, excess, 0.0)  # too few pixels left to judge the line
+    # per heatmap, the line most above its threshold (relative excess), and which refit that is
+    score = torch.zeros(n, 4, device=theta.device)
+    score[which, line] = excess.clamp_min(0) / line_ms.clamp_min(1e-30)
+    refit = torch.zeros(n, 4, dtype=torch.long, device=theta.device)
+    refit[which, line] = torch.arange(which.numel(), device=theta.device)
+    pick = refit.gather(1, score.argmax(1, keepdim=True))[:, 0]
+    return torch.where((score.amax(1) > 0)[:, None], fit[pick], theta)
 
 
 def _range_grid_scores(anchors: Tensor, d2: Tensor, cx: Tensor, cy: Tensor, objective: str, joint: bool) -> Tensor:
@@ -262,6 +364,9 @@ def _settings(preset: str, height: int, width: int, given: dict) -> dict:
     check_choice("objective", s["objective"], ("ml", "l2", "l1"))
     check_choice("amplitude", s["amplitude"], ("joint", "none"))
     check_int("refine", s["refine"], 0)
+    check_float("border_ratio", s["border_ratio"], 0.0)
+    if given.get("border_ratio") and s["objective"] != "ml":
+        raise ValueError("border_ratio > 0 needs objective 'ml' (the border-line test refits that objective)")
     if s["objective"] == "l1" and s["amplitude"] == "joint":
         raise ValueError("amplitude='joint' needs objective 'ml' or 'l2' (a range offset has no closed form in l1)")
     return s
@@ -282,6 +387,7 @@ def popos(
     objective: str | None = None,
     amplitude: str | None = None,
     refine: int | None = None,
+    border_ratio: float | None = None,
 ) -> Tensor:
     """POPoS decoding: ``[..., K, H, W] -> [..., K, 2]`` heatmap px (H, W >= 2).
 
@@ -301,6 +407,9 @@ def popos(
        ``h`` to ``[1e-9, 1]`` as the authors do (``"l1"`` supports only ``"none"``).
     5. ``refine`` damped Gauss-Newton steps (:func:`~popos.decoders.multilateration.gauss_newton`) on the
        same objective (``"l1"``: reweighted least squares), keeping the better point.
+    6. ``border_ratio`` (``"ml"`` only; 0: off): the border-line test of :func:`_drop_border_line`, which
+       refits without a row or column on the map's border whose residuals exceed ``border_ratio`` times
+       the others' (a flip test's copied column; costs nothing under noise at the default 100).
 
     The result is clamped to the map plus one pixel per side; maps with no peak around the argmax
     (:func:`~popos.decoders.base.no_peak`) give the argmax. Memory: the ``"ml"`` search and
@@ -317,7 +426,7 @@ def popos(
     n, height, width = maps.shape
     given = dict(anchors=anchors, window=window, station=station, region=region,
                  samples_per_pixel=samples_per_pixel, grid_offset=grid_offset, objective=objective,
-                 amplitude=amplitude, refine=refine)  # fmt: skip
+                 amplitude=amplitude, refine=refine, border_ratio=border_ratio)  # fmt: skip
     s = _settings(preset, height, width, given)
     joint = s["amplitude"] == "joint"
     x, y = argmax_xy(maps)
@@ -332,7 +441,7 @@ def popos(
     cx, cy = centres[:, 0], centres[:, 1]
 
     if s["objective"] == "ml":
-        win = _Window(maps, x, y, s["window"], s["anchors"])
+        win = _Window.around(maps, x, y, s["window"], s["anchors"])
         per_item = steps.numel() * win.values.shape[-1] * 2
         best = [win.grid_scores(sl, centres[sl], sigma, joint).flatten(1).argmin(-1) for sl in _chunks(n, per_item)]
         evaluate = win.evaluate(sigma)
@@ -348,7 +457,8 @@ def popos(
     m = steps.numel()
     p = torch.stack([cx.gather(1, (best % m)[:, None])[:, 0], cy.gather(1, (best // m)[:, None])[:, 0]], -1)
 
-    if s["refine"]:
+    border = s["objective"] == "ml" and s["border_ratio"] > 0
+    if s["refine"] or border:
         if s["objective"] == "ml":
             third = win.amplitude(p, sigma).clamp_min(1e-6) if joint else torch.ones(n, device=p.device)
         else:  # the best offset at p: the mean of d^2 - |a - p|^2 (zero when not solved)
@@ -357,7 +467,11 @@ def popos(
         theta = torch.cat([p, third[:, None]], -1)
         # the ML cost sums moments of size ~energy, so it is only known to float32 rounding of that
         slack = 1e-6 * win.energy if s["objective"] == "ml" else 0.0
-        p = gauss_newton(evaluate, theta, s["refine"], free=free, slack=slack)[:, :2]
+        if s["refine"]:
+            theta = gauss_newton(evaluate, theta, s["refine"], free=free, slack=slack)
+        if border:
+            theta = _drop_border_line(win, theta, height, width, sigma, s["border_ratio"], free)
+        p = theta[:, :2]
     p = clamp_to_map(p, height, width)
     flat = no_peak(win.values if s["objective"] == "ml" else values)
     return unflatten(torch.where(flat[:, None], torch.stack([x, y], -1).float(), p), heatmaps)
