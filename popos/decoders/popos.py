@@ -311,9 +311,16 @@ def _drop_border_line(
     n = win.values.shape[0]
     cx, cy = win.coords[:, 0], win.coords[:, 1]
     lines = torch.stack([cx == 0, cx == width - 1, cy == 0, cy == height - 1], 1)  # [B, 4, w]: on the line
-    which, line = (_line_deletion_ratio(win, theta, lines.any(-1), sigma, free) > 0.1 * ratio).nonzero(as_tuple=True)
+    near = lines.any(-1).any(-1).nonzero(as_tuple=True)[0]  # windows that touch the border
+    if near.numel() == 0:
+        return theta
+    mask = None if win.mask is None else win.mask[near]
+    statistic = _line_deletion_ratio(_Window(win.values[near], win.coords[near], mask), theta[near],
+                                     lines[near].any(-1), sigma, free)  # fmt: skip
+    which, line = (statistic > 0.1 * ratio).nonzero(as_tuple=True)
     if which.numel() == 0:
         return theta
+    which = near[which]
     axes = torch.ones(which.numel(), 2, win.values.shape[-1], device=theta.device)
     axes[torch.arange(which.numel(), device=theta.device), line // 2] = (~lines[which, line]).float()
     out = 1 - axes[:, 1, :, None] * axes[:, 0, None, :]
