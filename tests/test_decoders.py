@@ -17,6 +17,7 @@ from popos.decoders.multilateration import (
     anchor_window,
     gauss_newton,
     range_residuals,
+    squared_range_newton,
     top_anchors,
 )
 from popos.decoders.popos import AUTHORS_SIZES, authors_preset, parabola_station
@@ -339,6 +340,71 @@ def test_authors_preset_matches_plain_reference(size):
     assert close.mean() >= 0.9 and np.abs(got - want).max() <= spacing + 1e-4
 
 
+def search_maps(size: int) -> torch.Tensor:
+    """``[N, size, size]`` maps for the authors' grid search: clean, weak, noisy, random, flat, quantized
+    (many equal values) and peaks on or beyond the border."""
+    inside = random_points(40, size, size, seed=size)
+    border = torch.tensor([[0.0, 0.0], [size - 1, 0.3], [0.2, size - 1], [size - 0.6, size - 0.6], [-0.4, 2.0]])
+    clean = encode_heatmaps(torch.cat([inside, border]), size)
+    uniform = torch.rand(20, size, size, generator=torch.Generator().manual_seed(size))
+    flat = torch.cat([torch.full((2, size, size), 0.5), torch.zeros(2, size, size)])
+    weak = [0.6 * clean, noisy(clean, 0.05, seed=1), noisy(0.3 * clean, 0.02, seed=2), (4 * clean).round() / 4]
+    return torch.cat([clean, *weak, uniform, flat])
+
+
+def authors_search(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The authors' candidate index per map ``[N]``: branch and bound, and brute force (as :func:`popos`)."""
+    size = maps.shape[-1]
+    s = authors_preset(size, size)
+    x, y = popos_module.argmax_xy(maps)
+    centre = popos_module.keyposs_station(maps, x, y, 2.0)
+    steps = popos_module._grid(s["region"], s["samples_per_pixel"], s["grid_offset"], maps.device)
+    values, anchors = top_anchors(maps, x, y, s["anchors"], s["window"])
+    d2 = popos_module.distance_maps(values, 2.0, 1e-9, True)
+    cx, cy = (centre[:, :, None] + steps).unbind(1)
+    scores = popos_module._range_grid_scores(anchors, d2, cx, cy, "l1", False)
+    a = anchors[:, None, None]
+    rho = ((a[..., 1] - cy[:, :, None, None]) ** 2 + (a[..., 0] - cx[:, None, :, None]) ** 2).sqrt()
+    assert torch.equal(scores, (rho - d2.sqrt()[:, None, None]).abs().sum(-1))  # the plain formula, to the bit
+    return popos_module._l1_search(anchors, d2, centre, steps), scores.flatten(1).argmin(-1)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_authors_search_is_the_brute_force_bit_for_bit(size, monkeypatch):
+    maps = search_maps(size)
+    fast, brute = authors_search(maps)
+    assert torch.equal(fast, brute)
+    decoded = decode(maps[None], "popos_authors")
+    monkeypatch.setattr(popos_module, "_l1_levels", lambda _: [])  # the brute force only
+    assert torch.equal(decode(maps[None], "popos_authors"), decoded)
+    # most maps over the cell budget (brute force), in several chunks
+    monkeypatch.undo()
+    monkeypatch.setattr(popos_module, "L1_CELLS", 2)
+    monkeypatch.setattr(popos_module, "CHUNK_ELEMENTS", 20_000)
+    fast, brute = authors_search(maps)
+    assert torch.equal(fast, brute)
+
+
+def test_authors_search_breaks_exact_ties_as_the_brute_force():
+    # anchors on the diagonal and a grid centred on it: the cost of (i, j) and (j, i) is the same to the bit
+    g = torch.Generator().manual_seed(3)
+    anchors = (6 + 4 * torch.rand(60, 10, 1, generator=g)).expand(-1, -1, 2)
+    d2 = 4 * torch.rand(60, 10, generator=g)
+    centre = torch.full((60, 2), 7.0)
+    steps = popos_module._grid(2.0, 32.0, -1 / 64, centre.device)
+    cx, cy = (centre[:, :, None] + steps).unbind(1)
+    scores = popos_module._range_grid_scores(anchors, d2, cx, cy, "l1", False)
+    assert torch.equal(scores, scores.transpose(1, 2))
+    brute = scores.flatten(1).argmin(-1)
+    assert (brute // 64 < brute % 64).sum() >= 10  # the first of two tied candidates
+    assert torch.equal(popos_module._l1_search(anchors, d2, centre, steps), brute)
+
+
+def test_authors_search_levels():
+    assert [popos_module._l1_levels(n) for n in (16, 32, 48, 64)] == [[4, 2], [8, 4, 2], [8, 4, 2], [16, 8, 4, 2]]
+    assert popos_module._l1_levels(12) == [2] and popos_module._l1_levels(6) == popos_module._l1_levels(45) == []
+
+
 def test_opencv_kernels():
     # OpenCV 5 added a fixed 9-tap kernel; OpenCV 4 (as upstream used) samples the Gaussian there
     for size in [1, 3, 5, 7, 11, 13, 15]:
@@ -487,15 +553,55 @@ def test_chunked_search_gives_the_same_result(variant, monkeypatch):
     assert torch.equal(whole, chunked)
 
 
-def test_igno_never_returns_a_worse_point_than_its_start():
-    hm = noisy(encode_heatmaps(random_points(64, 16, 16, seed=21), 16), 0.08, seed=22)
-    maps = hm.reshape(-1, 16, 16)
-    x, y = maps.reshape(64, -1).argmax(-1) % 16, maps.reshape(64, -1).argmax(-1) // 16
-    values, coords = top_anchors(maps, x, y, 30, anchor_window(30))
+@pytest.mark.parametrize(("size", "amplitude"), [(16, 1.0), (8, 0.6), (4, 0.6)])
+def test_igno_never_returns_a_worse_point_than_its_start(size, amplitude):
+    # peaks below 1 make the Hessian indefinite at many starts
+    hm = noisy(amplitude * encode_heatmaps(random_points(64, size, size, seed=21), size), 0.08, seed=22)
+    maps = hm.reshape(-1, size, size)
+    x, y = maps.reshape(64, -1).argmax(-1) % size, maps.reshape(64, -1).argmax(-1) // size
+    k = IGNO_ANCHORS[size]
+    values, coords = top_anchors(maps, x, y, k, anchor_window(k))
     evaluate = range_residuals(coords, -8 * torch.log(values.clamp(1e-9, 1)), "l2")
     start = torch.stack([x.float(), y.float(), torch.zeros(64)], -1)
     end = torch.cat([decode(hm[None], "igno")[0], torch.zeros(64, 1)], -1)
     assert (evaluate(end)[0] <= evaluate(start)[0] + 1e-3).all()
+
+
+@pytest.mark.parametrize("size", [16, 8])
+def test_igno_reaches_the_least_squares_fit_of_under_confident_peaks(size):
+    # peaks below 1: the ranges do not meet in a point, and 20 Gauss-Newton steps stop short of the fit
+    pts = random_points(24, size, size, margin=0.5, seed=6)
+    amplitude = 0.6 + 0.4 * torch.rand(24, 1, 1, generator=torch.Generator().manual_seed(5))
+    hm = noisy(amplitude * encode_heatmaps(pts, size), 0.02, seed=7)
+    want = np.stack([ref_igno(m.double().numpy()) for m in hm])
+    np.testing.assert_allclose(decode(hm[None], "igno")[0].numpy(), want, atol=2e-3)
+
+
+def test_squared_range_newton_leaves_a_saddle_for_the_minimum():
+    # a 5 x 5 grid of anchors, every range too long by 6 px^2: the cost is minimal on the circle of
+    # radius sqrt(2) around the grid's centre, which is a local maximum; Newton's own step from near
+    # the centre would go back to it
+    grid = torch.stack(torch.meshgrid(torch.arange(5.0), torch.arange(5.0), indexing="xy"), -1).reshape(1, 25, 2)
+    anchors = 8 + grid.expand(2, -1, -1)
+    d2 = ((anchors - 10) ** 2).sum(-1) + 6
+    end = squared_range_newton(anchors, d2, torch.tensor([[10.1, 10.0], [10.0, 9.9]]), 20)
+    r = math.sqrt(2)
+    torch.testing.assert_close(end, torch.tensor([[10 + r, 10.0], [10.0, 10 - r]]), atol=1e-4, rtol=0)
+
+
+def test_squared_range_residuals_match_their_per_anchor_definition():
+    # anchors far from the origin: the cost assembled from per-heatmap sums must not cancel
+    g = torch.Generator().manual_seed(4)
+    anchors = 60 + 4 * torch.rand(5, 30, 2, generator=g)
+    d2 = 10 * torch.rand(5, 30, generator=g)
+    theta = torch.cat([61 + 2 * torch.rand(5, 2, generator=g), torch.randn(5, 1, generator=g)], -1)
+    cost, jtj, jtr = range_residuals(anchors, d2, "l2")(theta)
+    u = anchors.double() - theta[:, None, :2].double()
+    r = (u * u).sum(-1) + theta[:, 2:].double() - d2.double()
+    jac = torch.cat([-2 * u, torch.ones_like(r)[..., None]], -1)
+    torch.testing.assert_close(cost, (r * r).sum(-1), rtol=1e-10, atol=0)
+    torch.testing.assert_close(jtj, (jac.mT @ jac).float(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(jtr, (jac.mT @ r[..., None])[..., 0].float(), rtol=1e-5, atol=1e-4)
 
 
 def test_gauss_newton_solves_a_range_problem_and_respects_fixed_parameters():

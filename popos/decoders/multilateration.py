@@ -1,4 +1,4 @@
-"""Multilateration decoders: KeyPosS (linear least squares) and IGNO (Gauss-Newton), and their parts.
+"""Multilateration decoders: KeyPosS (linear least squares) and IGNO (iterative least squares), and their parts.
 
 A heatmap value ``h`` at anchor pixel ``a`` is read as a range: ``d^2 = -2 sigma^2 ln h`` is the squared
 distance from ``a`` to the Gaussian's centre ``p`` (:func:`popos.codec.distance_maps`), so each anchor
@@ -6,7 +6,8 @@ gives one equation ``|a - p|^2 = d^2``. ``heatmaps [..., K, H, W] -> [..., K, 2]
 heatmap px, pixel ``i`` centred at ``i``.
 
 The parts shared with :mod:`popos.decoders.popos`: top-K anchors in a window around the argmax, the
-per-anchor range residuals, and a batched, damped Gauss-Newton (Levenberg-Marquardt) loop.
+per-anchor range residuals, and a batched, damped Gauss-Newton (Levenberg-Marquardt) loop. IGNO's
+squared-range least squares has its own damped Newton loop (:func:`squared_range_newton`).
 """
 
 from __future__ import annotations
@@ -146,36 +147,104 @@ def range_residuals(anchors: Tensor, d2: Tensor, objective: str) -> Evaluate:
     return evaluate
 
 
-def _squared_range_residuals(anchors: Tensor, d2: Tensor) -> Evaluate:
-    """The ``"l2"`` case of :func:`range_residuals`.
+class _RangeSums:
+    """Per-heatmap sums of the squared-range residuals ``r_k = |a_k - p|^2 + c - d_k^2``, float64 ``[B]`` each.
 
-    ``r_k = e_k - 2 a_k . p + q`` with ``e = |a|^2 - d^2`` and ``q = |p|^2 + c`` is linear in the anchor
-    terms, so ``J^T J`` and ``J^T r`` (``J_k = (-2 (a_k - p), 1)``) come from a few per-heatmap sums of
-    the anchors computed once; only the cost is summed anchor by anchor, to keep it exact. Coordinates
-    are taken relative to the anchors' mean, which zeroes ``sum a``.
+    In coordinates centred on the anchors' mean ``(cx, cy)``, which zeroes ``sum a``, and with
+    ``e = |a|^2 - d^2``, ``q = |p|^2 + c``: ``r_k = e_k - 2 a_k . p + q``, so ``sum r = K q + sum e``
+    and ``sum r^2 = sum (e - mean e)^2 + (sum r)^2 / K + 4 p . (S p - sum e a)`` with ``S = sum a a^T``
+    (``sxx, sxy, syy``) and ``sum e a`` (``bx, by``): a few operations per heatmap whatever ``K``. Float64
+    because that cost cancels heavily. Everything is kept per coordinate, as contiguous ``[B, K]`` and
+    ``[B]`` tensors: on a CPU, operations along a last dimension of 2 cost many times more.
     """
-    centre = anchors.mean(1, keepdim=True)
-    a = anchors - centre
-    e = (a * a).sum(-1) - d2
-    k = torch.full_like(e[:, 0], anchors.shape[1])
-    s_aa = torch.einsum("bki,bkj->bij", a, a)  # [B, 2, 2]
-    s_e, s_ea = e.sum(-1), torch.einsum("bk,bki->bi", e, a)
+
+    def __init__(self, anchors: Tensor, d2: Tensor):
+        x, y = anchors[..., 0].double(), anchors[..., 1].double()
+        self.cx, self.cy = x.mean(-1), y.mean(-1)
+        ax, ay = x - self.cx[:, None], y - self.cy[:, None]
+        e = ax * ax + ay * ay - d2.double()
+        self.k = e.shape[1]
+        self.s_e = e.sum(-1)
+        self.spread = ((e - self.s_e[:, None] / self.k) ** 2).sum(-1)
+        self.sxx, self.sxy, self.syy = (ax * ax).sum(-1), (ax * ay).sum(-1), (ay * ay).sum(-1)
+        self.bx, self.by = (e * ax).sum(-1), (e * ay).sum(-1)
+
+    def cost(self, px: Tensor, py: Tensor, c: Tensor | float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``sum r^2``, ``sum r`` and ``S p`` (x, y) at the centred point ``(px, py)`` with offset ``c``."""
+        spx = self.sxx * px + self.sxy * py
+        spy = self.sxy * px + self.syy * py
+        sum_r = self.k * (px * px + py * py + c) + self.s_e
+        cost = self.spread + sum_r * sum_r / self.k + 4 * (px * (spx - self.bx) + py * (spy - self.by))
+        return cost, sum_r, spx, spy
+
+
+def _squared_range_residuals(anchors: Tensor, d2: Tensor) -> Evaluate:
+    """The ``"l2"`` case of :func:`range_residuals`, from :class:`_RangeSums` (the cost comes back float64).
+
+    With ``J_k = (-2 (a_k - p), 1)``: ``J^T J = [[4 (S + K p p^T), 2 K p], [2 K p^T, K]]`` and
+    ``J^T r = (2 ((sum r) p + 2 S p - sum e a), sum r)``.
+    """
+    sums = _RangeSums(anchors, d2)
+    k = sums.k
 
     def evaluate(theta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        p = theta[:, :2] - centre[:, 0]
-        q = (p * p).sum(-1) + theta[:, 2]
-        r = e - 2 * (a * p[:, None]).sum(-1) + q[:, None]
-        sum_r = s_e + k * q
-        sum_ru = s_ea - 2 * (s_aa * p[:, None, :]).sum(-1) - p * sum_r[:, None]  # sum r (a - p)
-        sum_u = -k[:, None] * p
-        sum_uu = s_aa + k[:, None, None] * p[:, :, None] * p[:, None, :]
-        jtj = torch.cat(
-            [torch.cat([4 * sum_uu, -2 * sum_u[:, :, None]], -1), torch.cat([-2 * sum_u, k[:, None]], -1)[:, None]], 1
-        )
-        jtr = torch.cat([-2 * sum_ru, sum_r[:, None]], -1)
-        return (r * r).sum(-1), jtj, jtr
+        px, py = theta[:, 0].double() - sums.cx, theta[:, 1].double() - sums.cy
+        cost, sum_r, spx, spy = sums.cost(px, py, theta[:, 2].double())
+        xy = 4 * (sums.sxy + k * px * py)
+        jtj = torch.stack(
+            [4 * (sums.sxx + k * px * px), xy, 2 * k * px,
+             xy, 4 * (sums.syy + k * py * py), 2 * k * py,
+             2 * k * px, 2 * k * py, torch.full_like(px, k)], -1,
+        ).reshape(-1, 3, 3)  # fmt: skip
+        jtr = torch.stack([2 * (sum_r * px + 2 * spx - sums.bx), 2 * (sum_r * py + 2 * spy - sums.by), sum_r], -1)
+        return cost, jtj.to(theta.dtype), jtr.to(theta.dtype)
 
     return evaluate
+
+
+def squared_range_newton(anchors: Tensor, d2: Tensor, start: Tensor, iterations: int, tol: float = 1e-3) -> Tensor:
+    """Damped Newton on the squared-range cost ``F = sum_k (|a_k - p|^2 - d_k^2)^2`` from ``start [B, 2]``.
+
+    ``[B, K, 2]`` anchors, ``[B, K]`` squared ranges; returns ``[B, 2]`` float32 heatmap px. In the
+    notation of :class:`_RangeSums`, ``F / 4`` has the gradient ``(sum r) p + 2 S p - sum e a`` and the
+    Hessian ``H = M + (sum r) I``, where ``M = 2 (S + K p p^T)`` is Gauss-Newton's matrix and
+    ``(sum r) I`` the residuals' own curvature, which Gauss-Newton drops. That term matters whenever the
+    ranges do not meet in a point, as with any peak below 1 (``sum r < 0``): Gauss-Newton then converges
+    only linearly (on ``ampnoise`` maps at 8 x 8, 20 steps stop up to 2 heatmap px short), Newton
+    quadratically.
+
+    ``H`` can be indefinite away from the minimum, so each step solves ``(H + mu I) delta = -gradient``
+    with ``mu`` twice the negative part of ``H``'s smallest eigenvalue (mirroring it) plus ``lam`` times
+    ``M``'s smallest eigenvalue. As in :func:`gauss_newton`, a step is kept only where it lowers the
+    cost, so the result is never worse than the start; ``lam`` grows tenfold after a rejected step and
+    drops tenfold after a kept one, but not below its start 1e-3 (from lower, a rejection where the
+    curvature changes would cost several steps). The loop stops once no step exceeds ``tol`` px, or
+    after ``iterations`` steps.
+    """
+    sums = _RangeSums(anchors, d2)
+    px, py = start[:, 0].double() - sums.cx, start[:, 1].double() - sums.cy
+    cost, sum_r, spx, spy = sums.cost(px, py)
+    lam = torch.full_like(cost, 1e-3)
+    for _ in range(iterations):
+        grad_x, grad_y = sum_r * px + 2 * spx - sums.bx, sum_r * py + 2 * spy - sums.by
+        mxx, myy = 2 * (sums.sxx + sums.k * px * px), 2 * (sums.syy + sums.k * py * py)  # M
+        mxy = 2 * (sums.sxy + sums.k * px * py)
+        smallest = 0.5 * (mxx + myy) - torch.hypot(0.5 * (mxx - myy), mxy)  # its smallest eigenvalue
+        shift = sum_r + 2 * (-(smallest + sum_r)).clamp_min(0) + lam * smallest  # H + mu I = M + shift I
+        axx, ayy = mxx + shift, myy + shift
+        det = axx * ayy - mxy * mxy  # the matrix is positive semi-definite by construction
+        det = torch.where(det > 0, det, torch.inf)  # singular (collinear anchors): no step
+        dx, dy = (mxy * grad_y - ayy * grad_x) / det, (mxy * grad_x - axx * grad_y) / det
+        tx, ty = px + dx, py + dy
+        state = (tx, ty, *sums.cost(tx, ty))
+        better = state[2] < cost
+        px, py, cost, sum_r, spx, spy = (
+            torch.where(better, new, old) for new, old in zip(state, (px, py, cost, sum_r, spx, spy), strict=True)
+        )
+        lam = (lam * torch.where(better, 0.1, 10.0)).clamp_min(1e-3)
+        if not bool((torch.hypot(dx, dy) > tol).any()):
+            break
+    return torch.stack([px + sums.cx, py + sums.cy], -1).float()
 
 
 def gauss_newton(
@@ -197,15 +266,15 @@ def gauss_newton(
     px for the position). Singular systems give a zero step, so the better point (up to ``slack``) is
     always returned. ``restrict(rows)``, when given, returns the evaluator of those rows of the batch: rows
     whose step fell below ``tol`` then leave the iteration once they are half of those still running, so
-    that a slowly converging tail (range equations biased by the peak amplitude converge only linearly)
-    does not cost full-batch iterations.
+    that a slowly converging tail (reweighted least squares converges only linearly) does not cost
+    full-batch iterations.
     """
     fixed = torch.tensor([not f for f in free], device=theta.device)
     out = theta.clone()
     rows = torch.arange(theta.shape[0], device=theta.device)
     slack = torch.as_tensor(slack, dtype=theta.dtype, device=theta.device).expand(theta.shape[0])
     cost, jtj, jtr = evaluate(theta)
-    lam = torch.full_like(cost, 1e-3)
+    lam = torch.full_like(theta[:, 0], 1e-3)
     for _ in range(iterations):
         a = jtj + lam[:, None, None] * torch.diagonal(jtj, dim1=1, dim2=2).diag_embed()
         rhs = -jtr
@@ -239,17 +308,20 @@ def gauss_newton(
 def igno(
     heatmaps: Tensor, *, sigma: float = 2.0, anchors: int | None = None, iterations: int = 20, objective: str = "l2"
 ) -> Tensor:
-    """IGNO (the paper's Eq. 3 and 6): Gauss-Newton on the range equations of the top-K anchors.
+    """IGNO (the paper's Eq. 3 and 6): least squares on the range equations of the top-K anchors.
 
     ``[..., K, H, W] -> [..., K, 2]`` heatmap px. As the authors' KeyPosS decoder: ``anchors`` largest
     pixels (default :data:`IGNO_ANCHORS` for the map side, else 30), ranges ``d^2 = -2 sigma^2 ln h`` with
     ``h`` clipped to ``[1e-9, 1]``, start at the argmax, at most ``iterations`` unweighted steps (fewer
-    once every step is below 1e-3 px) on the
-    squared-range residuals ``|a - p|^2 - d^2`` (``objective="l2"``; ``"l1"``: range residuals). Unlike
-    the authors' loop it is batched, damped, and never returns a worse point than it had (theirs keeps a
-    step that raised the cost and occasionally diverges); anchors come from a window around the argmax
-    (:func:`top_anchors`). No amplitude handling: peaks below 1 bias the ranges, as upstream. Maps
-    with no peak among the anchors (:func:`~popos.decoders.base.no_peak`) give the argmax.
+    once every step is below 1e-3 px) on the squared-range residuals ``|a - p|^2 - d^2``
+    (``objective="l2"``) or the range residuals (``"l1"``, reweighted least squares by :func:`gauss_newton`).
+    The paper and the authors iterate Gauss-Newton; for ``"l2"`` we take damped Newton steps
+    (:func:`squared_range_newton`) to the same minimum, which Gauss-Newton approaches only linearly
+    whenever the peak is below 1. Unlike the authors' loop it is batched, damped, and never returns a
+    worse point than it had (theirs keeps a step that raised the cost and occasionally diverges); anchors
+    come from a window around the argmax (:func:`top_anchors`). No amplitude handling: peaks below 1 bias
+    the ranges, as upstream. Maps with no peak among the anchors
+    (:func:`~popos.decoders.base.no_peak`) give the argmax.
     """
     maps = flat_maps(heatmaps, min_size=2)
     _, height, width = maps.shape
@@ -261,10 +333,14 @@ def igno(
     x, y = argmax_xy(maps)
     values, coords = top_anchors(maps, x, y, k, anchor_window(k))
     d2 = distance_maps(values, sigma, EPS, squared=True)
-    start = torch.stack([x.float(), y.float(), torch.zeros_like(x, dtype=torch.float32)], -1)
-    theta = gauss_newton(
-        range_residuals(coords, d2, objective), start, iterations, free=(True, True, False),
-        restrict=lambda rows: range_residuals(coords[rows], d2[rows], objective),
-    )
-    p = torch.where(no_peak(values)[:, None], start[:, :2], clamp_to_map(theta[:, :2], height, width))
+    start = torch.stack([x, y], -1).float()
+    if objective == "l2":
+        p = squared_range_newton(coords, d2, start, iterations)
+    else:
+        theta = torch.cat([start, torch.zeros_like(start[:, :1])], -1)
+        p = gauss_newton(
+            range_residuals(coords, d2, "l1"), theta, iterations, free=(True, True, False),
+            restrict=lambda rows: range_residuals(coords[rows], d2[rows], "l1"),
+        )[:, :2]
+    p = torch.where(no_peak(values)[:, None], start, clamp_to_map(p, height, width))
     return unflatten(p, heatmaps)

@@ -346,15 +346,154 @@ def _drop_border_line(
 
 def _range_grid_scores(anchors: Tensor, d2: Tensor, cx: Tensor, cy: Tensor, objective: str, joint: bool) -> Tensor:
     """Range-equation cost of every candidate ``(cx[j], cy[i])``: ``[b, n_y, n_x]`` (see :func:`range_residuals`)."""
+    if objective == "l1":
+        return _l1_costs(_planes(anchors, d2)[:, None, None], cx[:, None, :], cy[:, :, None])
     rho2 = (anchors[:, None, None, :, 1] - cy[:, :, None, None]) ** 2 + (
         anchors[:, None, None, :, 0] - cx[:, None, :, None]
     ) ** 2  # [b, n_y, n_x, K]
-    if objective == "l1":
-        return (rho2.sqrt() - d2.clamp_min(0).sqrt()[:, None, None]).abs().sum(-1)
     r = rho2 - d2[:, None, None]
     if joint:  # the best common offset c is the mean residual
         r = r - r.mean(-1, keepdim=True)
     return (r**2).sum(-1)
+
+
+#: most cells per heatmap that the ``"l1"`` search (:func:`_l1_search`) keeps at a level; heatmaps that
+#: need more (rare: 1 of the 5 x 3136 benchmark heatmaps) go to the brute force
+L1_CELLS = 32
+
+
+def _planes(anchors: Tensor, d2: Tensor) -> Tensor:
+    """Anchors ``[b, K, 2]`` and squared ranges ``[b, K]`` -> ``[b, 3, K]``: anchor x, anchor y, range."""
+    return torch.stack([anchors[..., 0], anchors[..., 1], d2.clamp_min(0).sqrt()], 1)
+
+
+def _l1_costs(planes: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """``sum_k | |a_k - (x, y)| - d_k |`` for :func:`_planes` ``[..., 3, K]`` and points ``x, y`` that broadcast
+    with them over ``...``: ``[...]``. Every ``"l1"`` cost goes through here, so equal points give equal bits."""
+    ax, ay, d = planes.unbind(-2)
+    rho = (ay - y[..., None]).square_() + (ax - x[..., None]).square_()
+    return rho.sqrt_().sub_(d).abs_().sum(-1)
+
+
+def _l1_bounds(planes: Tensor, x: Tensor, y: Tensor, half: Tensor, work: Tensor) -> tuple[Tensor, Tensor]:
+    """Lower bounds of the ``"l1"`` cost over the squares of half-side ``half`` centred on ``(x[b], y[a])``, and
+    the cost at those centres: two ``[A, B, M]``, for anchors ``planes [3, K, M]`` (anchors first: the
+    elementwise work runs along ``M``) and ``x [B, 1, M]``, ``y [A, 1, M]`` (or broadcast over ``M``).
+    ``work``: float32 scratch of at least ``2 A B K M`` elements (fresh memory costs more than the arithmetic).
+
+    Each term ``|rho_k - d_k|`` is at least ``s_k (rho_k - d_k)`` with ``s_k`` its sign at the centre
+    ``c``. For ``s_k = 1`` that is convex, so above its tangent at ``c``; for ``s_k = -1``,
+    ``rho_k(c + e) <= rho_k(c) + u_k . e + |e|^2 / (2 rho_k(c))`` (``u_k`` the unit vector from the
+    anchor). Summed: ``cost(c) + g . e - q |e|^2`` with ``q = sum_{s_k = -1} 1 / (2 rho_k)``, whose minimum
+    over the square is above ``cost(c) - (|g_x| + |g_y|) half - 2 q half^2``. A centre on an anchor gives
+    NaN (no bound).
+    """
+    ax, ay, d = planes
+    vx, vy = x - ax, (y - ay)[:, None]
+    shape = (len(vy), len(vx), *d.shape)
+    w, e = work[: 2 * math.prod(shape)].view(2, *shape)
+    torch.addcmul(vy * vy, vx, vx, out=w).sqrt_()  # rho_k
+    torch.sub(w, d, out=e)
+    w.reciprocal_().copysign_(e)  # s_k / rho_k
+    cost = e.abs_().sum(2)
+    slope = torch.mul(w, vx, out=e).sum(2).abs_() + torch.mul(w, vy, out=e).sum(2).abs_()
+    return cost - slope * half + w.clamp_max_(0).sum(2) * half * half, cost  # that sum is -2 q
+
+
+def _l1_levels(n: int) -> list[int]:
+    """Cell sides of the ``"l1"`` search on an ``n x n`` grid, halved at each level down to 2: the first is
+    the largest power of two that divides ``n`` into at least 4 cells (``[16, 8, 4, 2]`` for 64,
+    ``[8, 4, 2]`` for 32 and 48); ``[]`` for odd ``n`` or ``n < 8``."""
+    side = n & -n
+    while side > 1 and n // side < 4:
+        side //= 2
+    return [side >> i for i in range(side.bit_length() - 1)]
+
+
+def _l1_search(anchors: Tensor, d2: Tensor, centre: Tensor, steps: Tensor) -> Tensor:
+    """Index of the first best candidate of the ``"l1"`` grid search, row-major, ``[B]`` int64: the brute-force
+    argmin of :func:`_range_grid_scores`, bit for bit, for a fraction of its work.
+
+    Anchors ``[B, K, 2]``, squared ranges ``[B, K]``, grid centres ``centre [B, 2]`` and offsets ``steps [n]``
+    (candidate ``(i, j)`` at ``centre + (steps[j], steps[i])``) with :func:`_l1_levels` ``(n)`` not empty.
+    Branch and bound: the grid is cut into square cells (sides from :func:`_l1_levels`); at each level the
+    cells whose lower bound (:func:`_l1_bounds`) exceeds the least candidate cost seen so far, plus a float32
+    rounding margin, are dropped and the others split in four, down to single candidates, which are
+    scored by :func:`_l1_costs` like the brute force. Candidates in dropped cells cost strictly more
+    than the best, so the first best is the brute force's. Heatmaps that keep more than :data:`L1_CELLS`
+    cells at a level, or meet a NaN cost, go to the brute force. Memory: as the brute force's, with at
+    most ``4 L1_CELLS`` cells per heatmap in place of its ``n^2`` candidates.
+    """
+    n, k = steps.numel(), anchors.shape[1]
+    cells = (n // _l1_levels(n)[0]) ** 2
+    best = torch.cat([_l1_search_chunk(anchors[sl], d2[sl], centre[sl], steps)
+                      for sl in _chunks(len(anchors), max(cells, 4 * L1_CELLS) * k)])  # fmt: skip
+    fail = (best < 0).nonzero()[:, 0]
+    for sl in _chunks(fail.numel(), n * n * k):
+        rows = fail[sl]
+        cx, cy = (centre[rows, :, None] + steps).unbind(1)
+        best[rows] = _range_grid_scores(anchors[rows], d2[rows], cx, cy, "l1", False).flatten(1).argmin(-1)
+    return best
+
+
+def _l1_search_chunk(anchors: Tensor, d2: Tensor, centre: Tensor, steps: Tensor) -> Tensor:
+    """:func:`_l1_search` on one chunk of heatmaps, ``-1`` where it needs the brute force."""
+    b, k = d2.shape
+    n = steps.numel()
+    dev = d2.device
+    planes = _planes(anchors, d2)
+    cx, cy = (centre[:, :, None] + steps).unbind(1)  # the brute force's candidates, to the bit
+    # for the bounds: [3 K, b], anchors relative to the centre, heatmaps last; the candidates are then off
+    # their offsets by the float32 rounding of cx, cy, which the squares' half-side covers (slack)
+    rel = planes - torch.cat([centre, torch.zeros_like(centre[:, :1])], 1)[:, :, None]
+    rel = rel.permute(1, 2, 0).reshape(3 * k, b)
+    slack = 1e-6 * (centre.abs().max() + steps.abs().max() + 1)
+    scale = rel.view(3, k, b).abs().sum(0).amax(0) + 2 * steps.abs().max()  # bounds every |rho_k - d_k|
+    margin = 1e-6 * k * k * scale  # > float32 rounding of a bound and a cost, sums of k such terms
+    upper = torch.full((b,), math.inf, device=dev)
+    around = torch.tensor([-1, 0], device=dev)
+    levels = _l1_levels(n)
+    split = n // levels[0]
+    work = torch.empty(2 * max(split**2, 4 * L1_CELLS) * k * b, device=dev)  # one scratch for every level
+    row = torch.arange(b, device=dev)  # the cells kept: heatmap, cell row i and column j (at first, the grid)
+    i = j = torch.zeros_like(row)
+    for side in [*levels, 1]:
+        if row.numel() == 0:
+            return torch.full((b,), -1, device=dev)
+        sub = torch.arange(split, device=dev)[:, None]
+        i, j = i * split + sub, j * split + sub  # [split, cells]: the rows and columns of their children
+        split = 2
+        if side == 1:
+            break
+        block = steps.view(-1, side)
+        mid = 0.5 * (block[:, 0] + block[:, -1])
+        half = 0.5 * (block[:, -1] - block[:, 0]).max() + slack
+        x, y = (mid.index_select(0, ij.flatten()).view(len(ij), 1, -1) for ij in (j, i))
+        bound, cost = _l1_bounds(rel.index_select(1, row).view(3, k, -1), x, y, half, work)  # [rows i, cols j, cells]
+        row, i, j = row.expand_as(cost).flatten(), i[:, None].expand_as(cost).flatten(), j.expand_as(cost).flatten()
+        # the 2 x 2 candidates at the centre of each heatmap's least-cost cell bound its best cost
+        pick = _least(cost.flatten(), row, b, torch.arange(row.numel(), device=dev))[1].clamp_max(row.numel() - 1)
+        near_x, near_y = ((ij.index_select(0, pick)[:, None] * side + side // 2 + around) for ij in (j, i))
+        near = _l1_costs(planes[:, None, None], cx.gather(1, near_x)[:, None], cy.gather(1, near_y)[:, :, None])
+        upper = torch.minimum(upper, near.flatten(1).amin(1))
+        keep = ~(bound.flatten() > (upper + margin).index_select(0, row))  # NaN bounds are kept
+        keep &= (torch.bincount(row, keep.float(), minlength=b) <= L1_CELLS).index_select(0, row)
+        kept = keep.nonzero()[:, 0]
+        row, i, j = row.index_select(0, kept), i.index_select(0, kept), j.index_select(0, kept)
+    x, y = (c.flatten().index_select(0, (row * n + ij).flatten()).view(2, -1) for c, ij in ((cx, j), (cy, i)))
+    cost = _l1_costs(planes.flatten(1).index_select(0, row).view(1, 1, -1, 3, k), x[None], y[:, None])  # [2, 2, cells]
+    low, best = _least(cost.flatten(), row.repeat(4), b, (i[:, None] * n + j).flatten())
+    return torch.where(torch.isfinite(low), best, -1)  # no candidate left, or NaN (amin propagates it)
+
+
+def _least(values: Tensor, row: Tensor, b: int, key: Tensor) -> tuple[Tensor, Tensor]:
+    """Per row ``0..b-1`` of entries ``values [N]`` in rows ``row [N]``: the least value, and the least ``key``
+    (int64 ``[N]``) among the entries that have it: two ``[b]`` (``inf`` and the largest int64 for a row
+    with no entries)."""
+    low = torch.full((b,), math.inf, device=values.device).scatter_reduce_(0, row, values, "amin")
+    none = torch.iinfo(torch.int64).max
+    tied = torch.where(values == low.index_select(0, row), key, none)
+    return low, torch.full((b,), none, device=values.device).scatter_reduce_(0, row, tied, "amin")
 
 
 def _settings(preset: str, height: int, width: int, given: dict) -> dict:
@@ -456,9 +595,12 @@ def popos(
         k = s["window"] ** 2 if s["anchors"] is None else s["anchors"]
         values, coords = top_anchors(maps, x, y, k, s["window"])
         d2 = -2 * sigma**2 * torch.log(values.clamp_min(EPS)) if joint else distance_maps(values, sigma, EPS, True)
-        per_item = steps.numel() ** 2 * coords.shape[1]
-        best = [_range_grid_scores(coords[sl], d2[sl], cx[sl], cy[sl], s["objective"], joint).flatten(1).argmin(-1)
-                for sl in _chunks(n, per_item)]  # fmt: skip
+        if s["objective"] == "l1" and _l1_levels(steps.numel()):
+            best = [_l1_search(coords, d2, centre, steps)]
+        else:
+            per_item = steps.numel() ** 2 * coords.shape[1]
+            best = [_range_grid_scores(coords[sl], d2[sl], cx[sl], cy[sl], s["objective"], joint).flatten(1).argmin(-1)
+                    for sl in _chunks(n, per_item)]  # fmt: skip
         evaluate = range_residuals(coords, d2, s["objective"])
     best = torch.cat(best)  # index of the first best candidate, row-major over (y, x)
     m = steps.numel()
