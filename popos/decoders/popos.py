@@ -193,34 +193,39 @@ class _Window:
             mask = torch.zeros(n, side * side, device=maps.device).scatter_(1, top, 1.0).reshape(values.shape)
         return cls(values, coords, mask)
 
-    def grid_scores(self, sl: slice, centres: Tensor, sigma: float, joint: bool) -> Tensor:
-        """ML cost (up to a constant) of every candidate ``(x_j, y_i)`` for ``centres [b, 2, n]``: ``[b, n, n]``."""
+    def grid_best(self, sl: slice, centres: Tensor, sigma: float, joint: bool) -> tuple[Tensor, Tensor]:
+        """The candidate ``(x_j, y_i)`` of least ML cost for ``centres [b, 2, n]`` (first in row-major order on
+        ties): its index ``i * n + j`` and its least-squares amplitude ``sum h g / sum g^2``, two ``[b]``."""
         _, g = _gaussians(self.coords[sl], centres, sigma)  # [b, 2, n, w]
         hg = torch.einsum("biy,byx,bjx->bij", g[:, 1], self.weighted[sl], g[:, 0])  # sum of h g over anchors
         if self.mask is None or self.axes is not None:
-            sq = (g * g * (1 if self.axes is None else self.axes[sl, :, None])).sum(-1)
+            sq = (g * g if self.axes is None else g * g * self.axes[sl, :, None]).sum(-1)
             gg = sq[:, 1, :, None] * sq[:, 0, None, :]
         else:
             gg = torch.einsum("biy,byx,bjx->bij", g[:, 1] ** 2, self.mask[sl], g[:, 0] ** 2)
-        if joint:  # with the best amplitude A = hg / gg; a negative correlation is the worst fit
-            return -(hg.clamp_min(0) ** 2) / gg.clamp_min(1e-30)
-        return gg - 2 * hg
+        gg = gg.clamp_min(1e-30)
+        # with the best amplitude A = hg / gg (a negative correlation is the worst fit), or with A = 1
+        score = -(hg.clamp_min(0) ** 2) / gg if joint else gg - 2 * hg
+        best = score.flatten(1).argmin(-1, keepdim=True)
+        return best[:, 0], (hg / gg).flatten(1).gather(1, best)[:, 0]
 
     def moments(self, p: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
         """Sums over the anchors at points ``p [B, 2]``, with ``u = pixel - p`` and ``g`` the unit Gaussian
         at ``p``: ``[B, 3]`` of ``h g (ux, uy, 1)`` and ``[B, 3, 3]`` of ``g^2 (ux, uy, 1) (ux, uy, 1)^T``
         (the Gauss-Newton matrix of ``A g`` up to the factors of ``A``)."""
         u, g = _gaussians(self.coords, p, sigma)  # [B, 2, w]
-        hg = self.weighted * (g[:, 1, :, None] * g[:, 0, None, :])
-        marginals = torch.stack([hg.sum(1), hg.sum(2)], 1)  # over rows (a function of x), over columns
+        # h g summed over rows (a function of x) and over columns (of y), without the [B, w, w] product
+        over_rows = torch.bmm(g[:, 1, None, :], self.weighted)[:, 0] * g[:, 0]
+        over_columns = torch.bmm(self.weighted, g[:, 0, :, None])[:, :, 0] * g[:, 1]
+        marginals = torch.stack([over_rows, over_columns], 1)
         hgv = torch.cat([(marginals * u).sum(-1), marginals[:, 0].sum(-1, keepdim=True)], -1)
-        g2 = g * g
+        g2 = g * g if self.axes is None else g * g * self.axes
         g2u = g2 * u
-        powers = torch.stack([g2, g2u, g2u * u], 2)  # [B, 2, 3, w]: g^2 (1, u, u^2) per axis
         if self.mask is None or self.axes is not None:  # sum g^2 uy^i ux^j = (sum gy^2 uy^i)(sum gx^2 ux^j)
-            sq = (powers * (1 if self.axes is None else self.axes[:, :, None])).sum(-1)
+            sq = torch.stack([g2.sum(-1), g2u.sum(-1), (g2u * u).sum(-1)], 2)  # [B, 2, 3]: g^2 (1, u, u^2)
             sums = sq[:, 1, :, None] * sq[:, 0, None, :]
         else:
+            powers = torch.stack([g2, g2u, g2u * u], 2)  # [B, 2, 3, w]
             sums = torch.einsum("biy,byx,bjx->bij", powers[:, 1], self.mask, powers[:, 0])
         return hgv, sums.reshape(-1, 9)[:, _GN_LAYOUT].reshape(-1, 3, 3)
 
@@ -228,11 +233,6 @@ class _Window:
         """``h - A g`` at every window pixel for ``theta [B, 3] = (x, y, A)``: ``[B, w, w]``."""
         _, g = _gaussians(self.coords, theta[:, :2], sigma)
         return self.values - theta[:, 2, None, None] * g[:, 1, :, None] * g[:, 0, None, :]
-
-    def amplitude(self, p: Tensor, sigma: float) -> Tensor:
-        """Least-squares peak amplitude ``sum h g / sum g^2`` at points ``p [B, 2]``: ``[B]``."""
-        hgv, sums = self.moments(p, sigma)
-        return hgv[:, 2] / sums[:, 2, 2].clamp_min(1e-30)
 
     def evaluate(self, sigma: float):
         """Least-squares form of the ML objective in ``theta = (x, y, A)`` for :func:`gauss_newton`."""
@@ -275,17 +275,28 @@ def _line_deletion_ratio(win: _Window, theta: Tensor, present: Tensor, sigma: fl
     used_line = torch.stack([used[s] for s in slices], 1) * present[..., None]
     a = theta[:, 2, None, None]
     r_line = (h_line - a * g_line) * used_line
-    jac_line = torch.stack([a * ux / sigma**2, a * uy / sigma**2, torch.ones_like(ux)], 2)
-    jac_line = jac_line * (g_line * used_line)[:, :, None]  # [B, 4, 3, w]
-    # normal equations without the line; a fixed parameter gets an identity row, so a zero step
-    keep = torch.tensor(free, dtype=jtj.dtype, device=jtj.device)
-    h_rest = jtj[:, None] - torch.einsum("bliw,bljw->blij", jac_line, jac_line)
-    h_rest = h_rest * (keep[:, None] * keep) + torch.diag(1 - keep)
-    g_rest = (-jtr[:, None] - torch.einsum("bliw,blw->bli", jac_line, r_line)) * keep
-    step, _ = torch.linalg.solve_ex(h_rest, g_rest)
-    predicted = (r_line - torch.einsum("bliw,bli->blw", jac_line, step)) * used_line
+    # the line's Jacobian columns (x, y, A), then the normal equations without the line, entry by entry
+    # (a fixed parameter gets an identity row, so a zero step); a 3 x 3 solve by cofactors
+    ga = g_line * used_line
+    jx, jy, ja = ga * ux * (a / sigma**2), ga * uy * (a / sigma**2), ga * free[2]
+    jx, jy = jx * free[0], jy * free[1]
+
+    def rest(i: int, j: int, line_sum: Tensor) -> Tensor:
+        return jtj[:, i, j, None] - line_sum.sum(-1)
+
+    hxx, hxy, hyy = rest(0, 0, jx * jx), rest(0, 1, jx * jy), rest(1, 1, jy * jy)
+    hxa, hya, haa = (rest(0, 2, jx * ja), rest(1, 2, jy * ja), rest(2, 2, ja * ja)) if free[2] else (0, 0, 1)
+    gx, gy, gz = (-jtr[:, i, None] - (j * r_line).sum(-1) for i, j in ((0, jx), (1, jy), (2, ja)))
+    gz = gz * free[2]
+    c00, c01, c02 = hyy * haa - hya * hya, hxa * hya - hxy * haa, hxy * hya - hyy * hxa
+    c11, c12, c22 = hxx * haa - hxa * hxa, hxy * hxa - hxx * hya, hxx * hyy - hxy * hxy
+    det = hxx * c00 + hxy * c01 + hxa * c02
+    det = torch.where(det > 0, det, torch.inf)  # singular: no step
+    sx, sy = (c00 * gx + c01 * gy + c02 * gz) / det, (c01 * gx + c11 * gy + c12 * gz) / det
+    sz = (c02 * gx + c12 * gy + c22 * gz) / det
+    predicted = (r_line - jx * sx[..., None] - jy * sy[..., None] - ja * sz[..., None]) * used_line
     count = used_line.sum(-1)
-    rest_ss = cost[:, None] - (r_line**2).sum(-1) - (g_rest * step).sum(-1)
+    rest_ss = cost[:, None] - (r_line**2).sum(-1) - (gx * sx + gy * sy + gz * sz)
     rest_var = rest_ss.clamp_min(0) / (used.sum((1, 2))[:, None] - count - 3).clamp_min(1)
     line_ms = (predicted**2).sum(-1) / count.clamp_min(1)
     return torch.where(count > 0, line_ms / rest_var.clamp_min(1e-30), 0.0)
@@ -589,7 +600,8 @@ def popos(
     if s["objective"] == "ml":
         win = _Window.around(maps, x, y, s["window"], s["anchors"])
         per_item = steps.numel() * win.values.shape[-1] * 2
-        best = [win.grid_scores(sl, centres[sl], sigma, joint).flatten(1).argmin(-1) for sl in _chunks(n, per_item)]
+        found = [win.grid_best(sl, centres[sl], sigma, joint) for sl in _chunks(n, per_item)]
+        best, amplitude = zip(*found, strict=True)
         evaluate = win.evaluate(sigma)
     else:
         k = s["window"] ** 2 if s["anchors"] is None else s["anchors"]
@@ -609,7 +621,7 @@ def popos(
     border = s["objective"] == "ml" and s["border_ratio"] > 0
     if s["refine"] or border:
         if s["objective"] == "ml":
-            third = win.amplitude(p, sigma).clamp_min(1e-6) if joint else torch.ones(n, device=p.device)
+            third = torch.cat(amplitude).clamp_min(1e-6) if joint else torch.ones(n, device=p.device)
         else:  # the best offset at p: the mean of d^2 - |a - p|^2 (zero when not solved)
             third = (d2 - ((coords - p[:, None]) ** 2).sum(-1)).mean(-1) * joint
         free = (True, True, joint)
