@@ -3,8 +3,9 @@
 The heatmaps are unbiased Gaussians at random points in the central part of the input with the
 ``ampnoise`` perturbation of :mod:`popos.oracle` (peak ``x U(0.6, 1)`` per landmark, ``+ N(0, 0.02^2)``),
 so that iterative decoders do the work they do on network outputs. Each decoder is called ``warmup``
-times, then timed ``repeats`` times (CUDA is synchronised around each call); the median is reported, with
-the ratio to ``one_hot`` measured in the same run.
+times, then all are timed in ``repeats`` interleaved rounds (one call of each per round; CUDA is
+synchronised around each call), so that a shared machine's slow spells hit every decoder alike. Reported:
+the median time, and the median over rounds of the ratio to ``one_hot`` in the same round.
 """
 
 from __future__ import annotations
@@ -33,18 +34,21 @@ def _device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _median_ms(fn, warmup: int, repeats: int, dev: torch.device) -> float:
+def _round_times_ms(calls: dict, warmup: int, repeats: int, dev: torch.device) -> dict[str, np.ndarray]:
+    """``{name: fn}`` -> ``{name: [repeats] ms}``: each round calls every ``fn`` once, in order."""
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
     sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * float(np.median(times))
+    times = {name: np.empty(repeats) for name in calls}
+    for r in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name][r] = 1000.0 * (time.perf_counter() - start)
+    return times
 
 
 def bench_decoders(
@@ -65,7 +69,8 @@ def bench_decoders(
     """Time each decoder variant on ``[batch, num_landmarks, H, H]`` heatmaps for each ``H`` in ``heatmap_sizes``.
 
     ``methods`` defaults to every variant of ``popos.decoders.VARIANTS``; ``one_hot`` is always timed too, as
-    the reference of ``ratio_to_one_hot`` (``ms / ms of one_hot``: how many times slower). ``sigma`` (heatmap
+    the reference of ``ratio_to_one_hot`` (the median over rounds of ``ms / ms of one_hot`` in the same round:
+    how many times slower). ``sigma`` (heatmap
     px) and ``popos_options`` go to the decoders as in evaluation (``popos.decoders.resolve_variants``).
     Prints the table and, with ``out``, writes it as CSV (atomically). Returns a DataFrame with the columns
     ``COLUMNS``: ``ms`` per batch (median), ``faces_per_s = batch / ms * 1000``.
@@ -91,19 +96,18 @@ def bench_decoders(
     for size in heatmap_sizes:
         maps = oracle_heatmaps(points, "ampnoise", size, input_size=input_size, sigma=sigma,
                                generator=seeded_generator(seed, size)).to(dev)
+        calls = {name: partial(decode, maps, variants[name][0], sigma=sigma, **variants[name][1]) for name in names}
+        times = _round_times_ms(calls, warmup, repeats, dev)
         for name in names:
-            method, options = variants[name]
-            call = partial(decode, maps, method, sigma=sigma, **options)
-            ms = _median_ms(call, warmup, repeats, dev)
+            ms = float(np.median(times[name]))
             rows.append({"device": device, "heatmap_size": size, "method": name, "batch": batch, "ms": ms,
-                         "faces_per_s": batch / ms * 1000.0})
-            progress.update()
+                         "faces_per_s": batch / ms * 1000.0,
+                         "ratio_to_one_hot": float(np.median(times[name] / times[REFERENCE]))})
+        progress.update(len(names))
     progress.close()
-    table = pd.DataFrame(rows)
-    reference = table[table.method == REFERENCE].set_index("heatmap_size").ms
-    table["ratio_to_one_hot"] = table.ms / table.heatmap_size.map(reference)
-    table = table[COLUMNS]
-    print(f"decoder speed on {device}: batch {batch} x {num_landmarks} landmarks, median of {repeats} calls")
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    print(f"decoder speed on {device}: batch {batch} x {num_landmarks} landmarks, "
+          f"median of {repeats} interleaved rounds")
     print(format_bench_table(table))
     if out is not None:
         write_csv_atomic(table, out)
