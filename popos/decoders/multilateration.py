@@ -275,7 +275,7 @@ def gauss_newton(
     slack = torch.as_tensor(slack, dtype=theta.dtype, device=theta.device).expand(theta.shape[0])
     cost, jtj, jtr = evaluate(theta)
     lam = torch.full_like(theta[:, 0], 1e-3)
-    for _ in range(iterations):
+    for iteration in range(iterations):
         a = jtj + lam[:, None, None] * torch.diagonal(jtj, dim1=1, dim2=2).diag_embed()
         rhs = -jtr
         if not all(free):  # fixed parameters: identity row and column, zero right-hand side, so zero step
@@ -287,13 +287,13 @@ def gauss_newton(
         trial_cost, trial_jtj, trial_jtr = evaluate(trial)
         better = trial_cost < cost + slack
         theta = torch.where(better[:, None], trial, theta)
+        moving = (step.abs() > tol).any(-1)
+        if iteration == iterations - 1 or not bool(moving.any()):
+            break
         cost = torch.where(better, trial_cost, cost)
         jtj = torch.where(better[:, None, None], trial_jtj, jtj)
         jtr = torch.where(better[:, None], trial_jtr, jtr)
         lam = lam * torch.where(better, 0.1, 10.0)
-        moving = (step.abs() > tol).any(-1)
-        if not bool(moving.any()):
-            break
         if restrict is not None and 2 * int(moving.sum()) <= moving.numel():
             out[rows] = theta
             rows, theta, cost, jtj, jtr, lam, slack = (
