@@ -21,6 +21,7 @@ from popos.decoders.multilateration import (
     top_anchors,
 )
 from popos.decoders.popos import AUTHORS_SIZES, authors_preset, parabola_station
+from popos.oracle import mirror_heatmaps
 
 SIZES = [64, 32, 16, 8, 4]
 INPUT = 256  # errors are quoted in input px of a 256 crop: heatmap px x stride
@@ -495,9 +496,7 @@ def flip_test_maps(pts: torch.Tensor, size: int) -> torch.Tensor:
     the column the mirror does not cover copied from its neighbour), for heatmap-px points ``[n, 2]``."""
     stride = INPUT / size
     mirrored = torch.stack([(INPUT - 1) / stride - pts[:, 0], pts[:, 1]], -1)
-    back = encode_heatmaps(mirrored, size).flip(-1)
-    shifted = torch.cat([back[..., :1], back[..., :-1]], -1)
-    return 0.5 * (encode_heatmaps(pts, size) + back / stride + shifted * (1 - 1 / stride))
+    return 0.5 * (encode_heatmaps(pts, size) + mirror_heatmaps(encode_heatmaps(mirrored, size), INPUT))
 
 
 @pytest.mark.parametrize(("size", "off"), [(8, 1.0), (4, 5.0)])
