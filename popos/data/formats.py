@@ -39,6 +39,10 @@ class AnnotationError(UserError, ValueError):
     """A raw annotation file is malformed; the message names the file and the line or record."""
 
 
+class MissingFileError(UserError, FileNotFoundError):
+    """A file an annotation file refers to (or a folder's annotation files) is absent; the message names it."""
+
+
 @dataclass(frozen=True)
 class Annotations:
     """``N`` faces read from one annotation source.
@@ -263,17 +267,17 @@ def read_ibug_folder(folder: str | Path, image_root: str | Path, num_points: int
     """Every ``*.pts`` file in ``folder`` (sorted by name) with the image of the same name beside it.
 
     ``image`` paths are relative to ``image_root``; ``box`` is the tight landmark box (``.pts`` files
-    have no box). A ``.pts`` without an image raises ``FileNotFoundError`` naming it.
+    have no box). A ``.pts`` without an image raises :class:`MissingFileError` naming it.
     """
     folder, image_root = Path(folder), Path(image_root)
     pts_files = sorted(folder.glob("*.pts"))
     if not pts_files:
-        raise FileNotFoundError(f"{folder}: no .pts files")
+        raise MissingFileError(f"{folder}: no .pts files; expected iBUG .pts annotations beside the images")
     images, landmarks = [], []
     for pts in pts_files:
         image = find_image(pts)
         if image is None:
-            raise FileNotFoundError(f"{pts}: no image beside it (looked for {', '.join(IMAGE_SUFFIXES[:4])})")
+            raise MissingFileError(f"{pts}: no image beside it (looked for {', '.join(IMAGE_SUFFIXES[:4])})")
         landmarks.append(read_pts(pts, num_points))
         images.append(image.relative_to(image_root).as_posix())
     lm = np.array(landmarks, dtype=np.float64)
