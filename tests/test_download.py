@@ -404,3 +404,25 @@ def test_deleted_plain_file_is_fetched_again(tmp_path, server, capsys):
     download(spec, tmp_path / "raw", progress=False)
     assert (tmp_path / "raw" / "cofw" / "info.mat").read_bytes() == server.files["/info.mat"]
     assert "verified against the checksum recorded on" in capsys.readouterr().out
+
+
+def test_entry_without_manifest_is_never_reported_verified(tmp_path, server, capsys):
+    data = make_tar(tmp_path / "a.tar.gz", FILES)
+    server.files["/ann.tar.gz"] = data
+    spec = _spec(Source("ann.tar.gz", server.url + "/ann.tar.gz", folder="DS_ann"))
+    root = tmp_path / "raw"
+    download(spec, root, progress=False)
+    lock = root / "cofw" / LOCK_NAME
+    files = json.loads(lock.read_text())["files"]
+    for key in ("manifest", "manifest_sha256"):  # as an older popos wrote it
+        del files["ann.tar.gz"][key]
+    lock.write_text(json.dumps({"files": files}))
+    capsys.readouterr()
+    download(spec, root, progress=False)  # the archive is there: unpacked again, a manifest written
+    assert "no manifest of its unpacked files was recorded" in capsys.readouterr().out
+    assert "manifest_sha256" in _lock(root)["ann.tar.gz"]
+    lock.write_text(json.dumps({"files": files}))
+    (root / "cofw" / "downloads" / "ann.tar.gz").unlink()
+    download(spec, root, progress=False)
+    out = capsys.readouterr().out
+    assert "were NOT verified" in out and "NOT verified: ann.tar.gz" in out and "present and verified" not in out

@@ -101,11 +101,13 @@ def sha256_file(path: Path, *, progress: bool = True) -> str:
 
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_ENTRY_FIELDS = {  # kind -> the fields an entry of that kind must have, and what each must be
+_REQUIRED = {  # kind of entry -> the fields it must have
     "archive": ("sha256", "recorded_at"),
     "file": ("sha256", "recorded_at"),
     "folder": ("manifest", "manifest_sha256", "recorded_at"),
 }
+_TEXT_FIELDS = ("manifest", "recorded_at", "origin", "folder")
+_SHA_FIELDS = ("sha256", "manifest_sha256")
 
 
 def _lock_error(path: Path, where: str, expected: str, got: object) -> LockFileError:
@@ -129,13 +131,14 @@ def _read_lock(path: Path) -> dict[str, dict]:
         where = f"files[{name!r}]"
         if not isinstance(entry, dict):
             raise _lock_error(path, where, "an object", type(entry).__name__)
-        if entry.get("kind") not in _ENTRY_FIELDS:
-            raise _lock_error(path, f"{where}.kind", f"one of {', '.join(_ENTRY_FIELDS)}", entry.get("kind"))
-        for field in _ENTRY_FIELDS[entry["kind"]]:
+        if entry.get("kind") not in _REQUIRED:
+            raise _lock_error(path, f"{where}.kind", f"one of {', '.join(_REQUIRED)}", entry.get("kind"))
+        for field in {*_REQUIRED[entry["kind"]], *(f for f in (*_TEXT_FIELDS, *_SHA_FIELDS) if f in entry)}:
             value = entry.get(field)
-            if not isinstance(value, str) or (field.endswith("sha256") and not _SHA256.match(value)):
-                raise _lock_error(path, f"{where}.{field}", "a sha256 (64 hex digits)" if "sha" in field else "text",
-                                  value)
+            if field in _SHA_FIELDS and not (isinstance(value, str) and _SHA256.match(value)):
+                raise _lock_error(path, f"{where}.{field}", "a sha256 (64 hex digits)", value)
+            if field in _TEXT_FIELDS and not isinstance(value, str):
+                raise _lock_error(path, f"{where}.{field}", "text", value)
     return doc["files"]
 
 
@@ -435,11 +438,14 @@ def _install(job: _Job, file: Path, sha: str, how: str, *, shown: str, origin: s
                 bad = check_manifest(job.dataset_dir, manifest, entry["manifest_sha256"], job.lock,
                                      progress=job.progress)
             except LockFileError as exc:
-                bad = [str(exc)]
-            if not bad:
-                job.say(f"{how}; its unpacked files match their manifest (size and sha256); already installed")
-                return None
-            job.say(f"{len(bad)} unpacked file(s) missing or changed (first: {bad[0]}); unpacking it again")
+                job.say(f"{exc}; unpacking it again to write a new one")
+            else:
+                if not bad:
+                    job.say(f"{how}; its unpacked files match their manifest (size and sha256); already installed")
+                    return None
+                job.say(f"{len(bad)} unpacked file(s) missing or changed (first: {bad[0]}); unpacking it again")
+        elif same:
+            job.say("no manifest of its unpacked files was recorded (an older popos); unpacking it again")
         files = safe_extract(file, job.dataset_dir, progress=job.progress, shown=shown)
         extra = {"manifest": manifest.relative_to(job.dataset_dir).as_posix(),
                  "manifest_sha256": write_manifest(job.dataset_dir, files, manifest, progress=job.progress)}
@@ -491,13 +497,16 @@ def _from_kept_file(job: _Job) -> None:
     _record(job, _install(job, job.path, sha, how, shown=str(job.path), origin=origin), how)
 
 
-def _verify_unpacked(job: _Job) -> None:
-    """Installed before, the archive is gone (or it was an unpacked folder): its files against their manifest."""
+def _verify_unpacked(job: _Job) -> bool:
+    """Installed before, the archive is gone (or it was an unpacked folder): its files against their manifest.
+
+    False where nothing could be verified (an entry written by an older popos, without a manifest).
+    """
     entry = job.entry
     if "manifest_sha256" not in entry:
         job.say(f"installed on {entry['recorded_at']}; its archive was removed and no manifest of its files was "
                 "recorded, so they were NOT verified (put the archive back in downloads/ to verify them)")
-        return
+        return False
     bad = check_manifest(job.dataset_dir, job.dataset_dir / entry["manifest"], entry["manifest_sha256"], job.lock,
                          progress=job.progress)
     if bad:
@@ -510,6 +519,7 @@ def _verify_unpacked(job: _Job) -> None:
             + remedy
         )
     job.say(f"its unpacked files match the manifest (size and sha256) recorded on {entry['recorded_at']}")
+    return True
 
 
 def _from_unpacked_folder(job: _Job) -> None:
@@ -532,14 +542,14 @@ def _fetch_url(job: _Job) -> None:
     try:
         sha, how = _check(part, job.source, job.entry, job.lock, shown=url, progress=job.progress)
         entry = _install(job, part, sha, how, shown=url, origin=url)
-    except BaseException:
+    except (ChecksumError, DownloadError, UnsafeArchiveError):
         part.unlink(missing_ok=True)  # a corrupt or damaged download is fetched anew, not resumed
         raise
     os.replace(part, job.path)
     _record(job, entry, how)
 
 
-_WAYS: tuple[tuple[Callable[[_Job], bool], Callable[[_Job], None]], ...] = (
+_WAYS: tuple[tuple[Callable[[_Job], bool], Callable[[_Job], bool | None]], ...] = (
     # (applies, handler): the first that applies installs the source
     (lambda j: j.offered is not None and j.offered.is_file(), _from_offered_file),
     (lambda j: j.offered_folder is not None and j.offered_folder.is_dir(), _from_offered_folder),
@@ -552,10 +562,13 @@ _WAYS: tuple[tuple[Callable[[_Job], bool], Callable[[_Job], None]], ...] = (
 )
 
 
-def _install_source(job: _Job) -> None:
-    """Obtain, verify and install one source the first way that applies; ``_Unavailable`` if it needs the user."""
+def _install_source(job: _Job) -> bool:
+    """Obtain, verify and install one source the first way that applies; ``_Unavailable`` if it needs the user.
+
+    False if it is installed but could not be verified (the message said so).
+    """
     handler = next(handler for applies, handler in _WAYS if applies(job))
-    handler(job)
+    return handler(job) is not False
 
 
 # ---------------------------------------------------------------- the command
@@ -594,15 +607,19 @@ def download(
     if from_dir is not None and not from_dir.is_dir():
         raise DownloadError(f"--from {from_dir}: no such folder; expected the folder holding the files you have")
     lock = Lock(dataset_dir / LOCK_NAME)
-    missing = []
+    missing, unverified = [], []
     for source in spec.sources:
         try:
-            _install_source(_Job(spec, source, dataset_dir, lock, from_dir, progress))
+            if not _install_source(_Job(spec, source, dataset_dir, lock, from_dir, progress)):
+                unverified.append(source.filename)
         except _Unavailable as exc:
             missing.append((source, str(exc)))
     if missing:
         print(_instructions(spec, missing, dataset_dir), flush=True)
         names = ", ".join(s.filename for s, _ in missing)
         raise ManualStepRequired(f"{spec.name}: missing {names}; see the instructions above")
-    _say(spec, f"all {len(spec.sources)} source(s) present and verified in {dataset_dir}")
+    if unverified:
+        _say(spec, f"all {len(spec.sources)} source(s) present in {dataset_dir}; NOT verified: {', '.join(unverified)}")
+    else:
+        _say(spec, f"all {len(spec.sources)} source(s) present and verified in {dataset_dir}")
     return dataset_dir
