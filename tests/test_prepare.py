@@ -390,15 +390,18 @@ def test_clip_box():
     np.testing.assert_array_equal(clip_box(np.array([-5.0, 2.0, 20.0, 100.0]), 10, 50), [0, 2, 9, 47])
 
 
-def test_cli_prepare(tmp_path, capsys):
-    make_wflw_raw(tmp_path / "raw", 2, 1, subsets=())
+def test_cli_prepare_on_the_official_layouts(tmp_path, capsys):
+    make_wflw_raw(tmp_path / "raw", 2, 3, subsets=("largepose", "expression", "blur"))
     args = ["data", "prepare", "wflw", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "prepared"),
             "--set", f"data.crop_size={CROP}", "--workers", "1"]
     with pytest.warns(UserWarning, match="but the published split has"):
         assert main(args) == 0
     out = capsys.readouterr().out
-    assert "size differs from the published one" in out and "test_blur" in out and "skipped" in out
+    assert "size differs from the published one" in out and "test_makeup" in out and "skipped" in out
+    assert "FAILED" not in out
     assert PreparedSplit.open(tmp_path / "prepared" / "wflw" / "train").crops.shape == (2, CROP, CROP, 3)
+    for subset, n in (("largepose", 2), ("expression", 1), ("blur", 1)):
+        assert len(PreparedSplit.open(tmp_path / "prepared" / "wflw" / f"test_{subset}")) == n
     assert main([*args, "--strict"]) == 2
     assert "(strict)" in capsys.readouterr().err
 

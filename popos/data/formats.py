@@ -146,6 +146,9 @@ def read_wflw_list(path: str | Path, full: Annotations | None = None) -> Annotat
     path = Path(path)
     images, landmarks, boxes, attributes, origin = [], [], [], [], []
     layout = None
+    faces_of: dict[str, list[int]] = {}  # image path -> its faces in ``full``
+    for i, name in enumerate(full.image if full is not None else []):
+        faces_of.setdefault(name, []).append(i)
     for line_no, line in enumerate(_text_lines(path), start=1):
         tokens = line.split()
         if not tokens:
@@ -173,7 +176,7 @@ def read_wflw_list(path: str | Path, full: Annotations | None = None) -> Annotat
             x1, y1, x2, y2 = rect
             box, attr = np.array([x1, y1, x2 - x1, y2 - y1]), attr.astype(np.int8)
         else:
-            box, attr = _wflw_face_in_full(full, image, points, where)
+            box, attr = _wflw_face_in_full(full, faces_of.get(image, []), image, points, where)
         images.append(image)
         landmarks.append(points)
         boxes.append(box)
@@ -194,14 +197,14 @@ WFLW_MATCH_TOLERANCE = 1e-3
 """Largest coordinate difference (px) between a subset face and its face in the full test list."""
 
 
-def _wflw_face_in_full(full: Annotations | None, image: str, points: np.ndarray, where: str):
-    """``(box, attributes)`` of the face of ``full`` with this image path and these points."""
+def _wflw_face_in_full(full: Annotations | None, candidates: list[int], image: str, points: np.ndarray, where: str):
+    """``(box, attributes)`` of the face of ``full`` (one of ``candidates``, its faces of ``image``) with these
+    points."""
     if full is None:
         raise AnnotationError(
             f"{where}: {WFLW_SUBSET_FIELDS} fields (a test-subset line without box or attributes); "
             "read it with the full test list (read_wflw_list(path, full=...)) to take them from there"
         )
-    candidates = [i for i, name in enumerate(full.image) if name == image]
     if candidates:
         diff = np.abs(full.landmarks[candidates] - points).max(axis=(1, 2))
         best = int(np.argmin(diff))
