@@ -195,6 +195,22 @@ def test_damaged_image_is_an_error_naming_it(tmp_path, damage):
     assert not (tmp_path / "prepared" / "wflw" / "train").exists()
 
 
+def test_exif_orientation_is_applied_as_cv2_imread_does(tmp_path):
+    from PIL import Image
+
+    faces = make_wflw_raw(tmp_path / "raw", 2, 1, size=(96, 96), subsets=())
+    name, lm = faces[("train", 0)]
+    path = tmp_path / "raw" / "wflw" / "WFLW_images" / name
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(_image(np.random.default_rng(5), 80, 96)).save(path, exif=exif.tobytes(), quality=95)
+    _prepare("wflw", tmp_path)
+    upright = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    assert upright.shape == (96, 80, 3)  # cv2 turned it upright
+    s = _open(tmp_path, "wflw", "train")
+    assert_face(s, 0, upright, lm, np.ones(98, bool), landmark_box(lm), np.linalg.norm(lm[60] - lm[72]))
+
+
 def test_image_path_leaving_the_image_folder_is_refused(tmp_path):
     make_wflw_raw(tmp_path / "raw", 2, 1, subsets=())
     lst = tmp_path / "raw" / "wflw" / "WFLW_annotations" / LISTS / "list_98pt_rect_attr_train.txt"

@@ -150,6 +150,8 @@ class _FileImages:
                 f"{self.annotations.origin[i]}: cannot decode image {path} ({exc}); expected a complete image file "
                 "(re-download or re-extract it)"
             ) from None
+
+
 @contextmanager
 def _files(annotations: Annotations, image_root: Path) -> Iterator[RawSplit]:
     images = _FileImages(image_root, annotations)
