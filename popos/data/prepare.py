@@ -398,7 +398,7 @@ def prepare(
     if failed:
         first, message = next(iter(failed.items()))
         raise PrepareError(
-            f"{spec.name}: split(s) {', '.join(failed)} failed (nothing of them written; the other splits were "
+            f"{spec.name}: split(s) {', '.join(failed)} failed (nothing written for them; the other splits were "
             f"prepared, see the table above); {first}: {message}"
         )
     return written
