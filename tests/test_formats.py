@@ -399,6 +399,8 @@ def test_coco_wholebody_errors(tmp_path):
         ({**good, "face_kpts": [[1.0, 2.0]] + [1.0] * 203},
          r"\[annotations 1\]: face_kpts: expected a number, got \[1.0, 2.0\]"),
         ({**good, "face_box": [0, 0, [9], 9]}, r"\[annotations 1\]: face_box: expected a number, got \[9\]"),
+        ({**good, "image_id": [1]}, r"\[annotations 1\]: image_id \[1\] is not in 'images'"),
+        ({**good, "id": "x"}, r"\[annotations 1\]: expected an integer annotation 'id', got 'x'"),
     ]
     for bad, message in cases:
         path = tmp_path / "c.json"

@@ -183,6 +183,8 @@ def check_manifest(root: Path, manifest: Path, sha256: str, lock: Lock, *, progr
         raise LockFileError(f"{manifest}: unreadable manifest ({exc}); delete the lock entry to re-record") from None
     bad = []
     for rel, want in tqdm(listed.items(), desc=f"verify {manifest.name}", unit=" files", disable=not progress):
+        if not (isinstance(want, dict) and isinstance(want.get("size"), int) and isinstance(want.get("sha256"), str)):
+            raise LockFileError(f"{manifest}: files[{rel!r}]: expected {{size, sha256}}, got {want!r}")
         path = root / rel
         if not path.is_file() or path.stat().st_size != want["size"] or sha256_file(path, progress=False) != want[
             "sha256"

@@ -554,6 +554,10 @@ def iter_json_array(path: str | Path, key: str, *, chunk_size: int = 1 << 24) ->
                 raise AnnotationError(f"{path}: invalid JSON: expected ',' or '}}' after {name!r}")
 
 
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def read_coco_wholebody(path: str | Path, image_folder: str) -> Annotations:
     """COCO-WholeBody JSON (``coco_wholebody_{train,val}_v1.0.json``): one face per valid person.
 
@@ -566,8 +570,8 @@ def read_coco_wholebody(path: str | Path, image_folder: str) -> Annotations:
     path = Path(path)
     files = {}
     for i, im in enumerate(iter_json_array(path, "images")):
-        if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
-            raise AnnotationError(f"{path}: images[{i}] lacks 'id' or 'file_name'")
+        if not isinstance(im, dict) or not _is_id(im.get("id")) or not isinstance(im.get("file_name"), str):
+            raise AnnotationError(f"{path}: images[{i}]: expected an integer 'id' and a text 'file_name'")
         files[im["id"]] = im["file_name"]
     images, landmarks, visible, boxes, origin, ids = [], [], [], [], [], []
     for i, ann in enumerate(iter_json_array(path, "annotations")):
@@ -588,9 +592,9 @@ def read_coco_wholebody(path: str | Path, image_folder: str) -> Annotations:
             raise AnnotationError(f"{where}: face_box must be [x, y, w, h], got {box!r}")
         box = _floats(box, where, "face_box")
         _check_finite(box, where, "face_box")
-        if "id" not in ann:
-            raise AnnotationError(f"{where}: no annotation 'id'")
-        if ann.get("image_id") not in files:
+        if not _is_id(ann.get("id")):
+            raise AnnotationError(f"{where}: expected an integer annotation 'id', got {ann.get('id')!r}")
+        if not _is_id(ann.get("image_id")) or ann["image_id"] not in files:
             raise AnnotationError(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
         images.append(f"{image_folder}/{files[ann['image_id']]}")
         landmarks.append(kpts[:, :2])
