@@ -184,12 +184,14 @@ def test_bad_optional_split_does_not_hide_the_others(tmp_path, capsys):
     assert not (tmp_path / "prepared" / "wflw" / "test_blur").exists()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "not an image", "empty"])
+@pytest.mark.parametrize("damage", ["truncated", "tail zeroed", "not an image", "empty"])
 def test_damaged_image_is_an_error_naming_it(tmp_path, damage):
-    faces = make_wflw_raw(tmp_path / "raw", 2, 1, size=(160, 200), subsets=())
+    faces = make_wflw_raw(tmp_path / "raw", 2, 1, size=(240, 320), subsets=())
     path = tmp_path / "raw" / "wflw" / "WFLW_images" / faces[("train", 1)][0]
     data = path.read_bytes()
-    path.write_bytes({"truncated": data[: len(data) // 2], "not an image": b"<html>", "empty": b""}[damage])
+    damaged = {"truncated": data[: len(data) // 2], "tail zeroed": data[:-4096] + bytes(4096),
+               "not an image": b"<html>", "empty": b""}
+    path.write_bytes(damaged[damage])
     with pytest.raises(PrepareError, match=rf"list_98pt_rect_attr_train.txt:2: cannot decode image {path}"):
         _prepare("wflw", tmp_path)
     assert not (tmp_path / "prepared" / "wflw" / "train").exists()

@@ -34,6 +34,7 @@ summary table is printed, and then one error names every failed split.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
@@ -142,7 +143,10 @@ class _FileImages:
         """
         path = self.root / self.annotations.image[i]
         try:
-            with Image.open(path) as image:
+            data = path.read_bytes()
+            if not _jpeg_ends(data):
+                raise ValueError("a JPEG without an end-of-image marker after its last scan: cut short or overwritten")
+            with Image.open(io.BytesIO(data)) as image:
                 upright = ImageOps.exif_transpose(image)
                 return np.asarray(upright.convert("RGB"))
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -150,6 +154,17 @@ class _FileImages:
                 f"{self.annotations.origin[i]}: cannot decode image {path} ({exc}); expected a complete image file "
                 "(re-download or re-extract it)"
             ) from None
+
+
+def _jpeg_ends(data: bytes) -> bool:
+    """False for a JPEG whose last scan (SOS marker ``FF DA``) is not followed by an end-of-image marker
+    (``FF D9``): cut short, or its tail overwritten (zeros decode as valid data, so the decoder does not
+    notice). Neither marker can occur inside scan data (``FF`` is stuffed there), and bytes after the
+    end-of-image marker (camera trailers) are allowed. True for anything that is not a JPEG."""
+    if not data.startswith(b"\xff\xd8"):
+        return True
+    last_scan = data.rfind(b"\xff\xda")
+    return last_scan >= 0 and data.find(b"\xff\xd9", last_scan) >= 0
 
 
 @contextmanager
