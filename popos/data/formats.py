@@ -7,7 +7,9 @@ stored, as every reference implementation does (a shared offset would not change
 
 Bad input raises :class:`AnnotationError` (a :class:`popos.errors.UserError`) naming the file and the
 line or record: a wrong number of fields, a point-count mismatch, NaN coordinates, a value that is not a
-number, text that is not UTF-8, an unreadable ``.mat`` variable.
+number, text that is not UTF-8, an unreadable ``.mat`` variable; a missing file it refers to raises
+:class:`MissingFileError` (also a ``UserError``). The file layouts each reader accepts are listed in each
+registry entry's ``raw_layout`` (:mod:`popos.data.registry`).
 """
 
 from __future__ import annotations
