@@ -34,7 +34,6 @@ summary table is printed, and then one error names every failed split.
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import warnings
@@ -47,7 +46,6 @@ from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from popos.data.formats import (
@@ -136,24 +134,26 @@ class _FileImages:
             )
 
     def __call__(self, i: int) -> np.ndarray:
-        """Image ``i`` as ``[H, W, 3]`` uint8 RGB, turned upright by its EXIF orientation as ``cv2.imread`` does.
+        """Image ``i`` as ``[H, W, 3]`` uint8 RGB, turned upright by its EXIF orientation (``cv2.imdecode``).
 
-        The whole file is decoded: a truncated or damaged file is a :class:`PrepareError` naming it, never
-        a half-grey image.
+        A file that does not decode whole is a :class:`PrepareError` naming it, never a half-grey image:
+        OpenCV refuses a cut PNG, and a JPEG cut short or with its tail overwritten (which OpenCV decodes
+        with only a warning) is caught by :func:`_jpeg_ends`.
         """
         path = self.root / self.annotations.image[i]
-        try:
-            data = path.read_bytes()
-            if not _jpeg_ends(data):
-                raise ValueError("a JPEG without an end-of-image marker after its last scan: cut short or overwritten")
-            with Image.open(io.BytesIO(data)) as image:
-                upright = ImageOps.exif_transpose(image)
-                return np.asarray(upright.convert("RGB"))
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise PrepareError(
-                f"{self.annotations.origin[i]}: cannot decode image {path} ({exc}); expected a complete image file "
-                "(re-download or re-extract it)"
-            ) from None
+        data = path.read_bytes()
+        problem = None if _jpeg_ends(data) else "a JPEG without an end-of-image marker after its last scan"
+        if problem is None:
+            try:
+                bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+            except cv2.error as exc:
+                bgr, problem = None, str(exc).strip().splitlines()[-1]
+            if bgr is not None:
+                return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        raise PrepareError(
+            f"{self.annotations.origin[i]}: cannot decode image {path} ({problem or 'not a complete image file'}); "
+            "expected a complete JPEG/PNG/BMP file (re-download or re-extract it)"
+        )
 
 
 def _jpeg_ends(data: bytes) -> bool:
