@@ -53,7 +53,8 @@ def _data_prepare(args):
 
     p = _params(args)
     prepare(args.name, raw_root=Path(args.raw or p.data.raw_dir), out_root=Path(args.out or p.data.prepared_dir),
-            crop_size=p.data.crop_size, padding=p.data.padding, strict=args.strict, workers=args.workers)
+            crop_size=p.data.crop_size, padding=p.data.padding, strict=args.strict, force=args.force,
+            workers=args.workers)
 
 
 def _data_show(args):
@@ -90,6 +91,8 @@ def _add_data(sub) -> None:
     p.add_argument("--strict", action="store_true",
                    help="fail when a split's size differs from the published one or a split's files are missing "
                    "(default: warn and skip)")
+    p.add_argument("--force", action="store_true",
+                   help="write a split even if it has no face (it then replaces a non-empty prepared split)")
     p.add_argument("--workers", type=int, default=4, help="image-decoding threads (default: 4)")
     p.set_defaults(func=_data_prepare)
 

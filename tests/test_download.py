@@ -128,14 +128,33 @@ def test_download_records_checksum_then_verifies(tmp_path, server, capsys):
     assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["kind"] == "archive"
     out = capsys.readouterr().out
     assert "no published checksum" in out and "recorded in" in out and "installed into" in out
-    # later runs verify against the lock file, do not download or unpack again
+    # later runs verify the archive against the lock file and its unpacked files against their manifest
     n_requests = len(server.requests)
-    (root / "cofw" / "DS_ann" / "list.txt").write_text("edited by the user")
     download(spec, root, progress=False)
-    assert len(server.requests) == n_requests
-    assert (root / "cofw" / "DS_ann" / "list.txt").read_text() == "edited by the user"
     out = capsys.readouterr().out
-    assert "verified against the checksum recorded on" in out and "already installed" in out
+    assert "verified against the checksum recorded on" in out and "match their manifest" in out
+    assert "already installed" in out and len(server.requests) == n_requests
+    # an edited (same size) or deleted unpacked file is found and restored from the verified archive
+    unpacked = root / "cofw" / "DS_ann"
+    edited = bytearray(FILES["DS_ann/sub/b.bin"])
+    edited[100] ^= 1
+    (unpacked / "sub" / "b.bin").write_bytes(bytes(edited))
+    download(spec, root, progress=False)
+    out = capsys.readouterr().out
+    assert "1 unpacked file(s) missing or changed (first: DS_ann/sub/b.bin); unpacking it again" in out
+    assert (unpacked / "sub" / "b.bin").read_bytes() == FILES["DS_ann/sub/b.bin"]
+    (unpacked / "list.txt").unlink()
+    download(spec, root, progress=False)
+    assert (unpacked / "list.txt").read_bytes() == FILES["DS_ann/list.txt"] and len(server.requests) == n_requests
+    # with the archive deleted, a changed file is an error naming it (it cannot be restored)
+    (root / "cofw" / "downloads" / "ann.tar.gz").unlink()
+    download(spec, root, progress=False)
+    assert "match the manifest (size and sha256) recorded on" in capsys.readouterr().out
+    (unpacked / "list.txt").write_text("edited by the user")
+    with pytest.raises(ChecksumError, match=r"DS_ann/list.txt: missing, or its size or sha256 changed .*put ann.tar"):
+        download(spec, root, progress=False)
+    server.files["/ann.tar.gz"] = data
+    (root / "cofw" / "downloads" / "ann.tar.gz").write_bytes(data)
     # a changed archive is caught on the next run
     (root / "cofw" / "downloads" / "ann.tar.gz").write_bytes(make_tar(tmp_path / "b.tar.gz", {"DS_ann/x": b"1"}))
     with pytest.raises(ChecksumError, match="differs from .* recorded in"):
@@ -265,7 +284,7 @@ def test_manual_source_prints_instructions_then_ingests(tmp_path, capsys):
     assert (root / "cofw" / "downloads" / "ann.tar.gz").read_bytes() == (have / "ann.tar.gz").read_bytes()
 
 
-def test_ingest_unpacked_folder_is_fingerprinted(tmp_path, capsys):
+def test_ingest_unpacked_folder_is_recorded_in_a_manifest(tmp_path, capsys):
     spec = _spec(Source("ann.tar.gz", "https://example.org/register", manual=True, folder="DS_ann"))
     have = tmp_path / "have"
     (have / "DS_ann" / "sub").mkdir(parents=True)
@@ -274,10 +293,11 @@ def test_ingest_unpacked_folder_is_fingerprinted(tmp_path, capsys):
     download(spec, root, from_dir=have, progress=False)
     assert (root / "cofw" / "DS_ann" / "sub" / "f.txt").read_text() == "abc"
     assert _lock(root)["ann.tar.gz"]["kind"] == "folder"
+    capsys.readouterr()
     download(spec, root, progress=False)
-    assert "match the fingerprint recorded on" in capsys.readouterr().out
-    (root / "cofw" / "DS_ann" / "sub" / "f.txt").write_text("abcd")
-    with pytest.raises(ChecksumError, match="files or sizes changed"):
+    assert "match the manifest (size and sha256) recorded on" in capsys.readouterr().out
+    (root / "cofw" / "DS_ann" / "sub" / "f.txt").write_text("abd")  # same size, other content
+    with pytest.raises(ChecksumError, match=r"DS_ann/sub/f.txt: missing, or its size or sha256 changed"):
         download(spec, root, progress=False)
 
 
@@ -315,3 +335,94 @@ def test_synth_and_unknown(tmp_path, capsys):
     assert "popos data synth" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown dataset 'nope'"):
         download("nope", tmp_path)
+
+
+def test_from_dir_copies_never_links_the_users_file(tmp_path):
+    spec = _spec(Source("ann.tar.gz", "https://example.org/register", manual=True, folder="DS_ann"))
+    have = tmp_path / "have"
+    have.mkdir()
+    original = make_tar(have / "ann.tar.gz", FILES)
+    root = tmp_path / "raw"
+    download(spec, root, from_dir=have, progress=False)
+    kept = root / "cofw" / "downloads" / "ann.tar.gz"
+    assert kept.read_bytes() == original
+    assert (have / "ann.tar.gz").stat().st_nlink == 1 and kept.stat().st_ino != (have / "ann.tar.gz").stat().st_ino
+    with open(kept, "r+b") as f:  # an in-place write in downloads/ leaves the user's file as it was
+        f.write(b"\0" * 16)
+    assert (have / "ann.tar.gz").read_bytes() == original
+
+
+@pytest.mark.parametrize("damage", ["truncated", "checksum"])
+def test_messages_name_the_users_file_not_a_temporary_one(tmp_path, damage):
+    have = tmp_path / "have"
+    have.mkdir()
+    data = make_tar(have / "ann.tar.gz", FILES)
+    sha = "0" * 64 if damage == "checksum" else None
+    if damage == "truncated":
+        (have / "ann.tar.gz").write_bytes(data[: len(data) // 2])
+    spec = _spec(Source("ann.tar.gz", "https://example.org/register", manual=True, folder="DS_ann", sha256=sha))
+    with pytest.raises(ValueError) as info:
+        download(spec, tmp_path / "raw", from_dir=have, progress=False)
+    message = str(info.value)
+    assert message.startswith(f"{have / 'ann.tar.gz'}: ") and ".partial" not in message and ".tmp" not in message
+    _assert_nothing_installed(tmp_path / "raw")
+    assert not [p for p in (tmp_path / "raw").rglob("*") if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"[]", r"'files': expected an object"),
+        (b'{"files": []}', r"'files': expected an object .*got 'list'"),
+        (b'{"files": {"ann.tar.gz": []}}', r"files\['ann.tar.gz'\]: expected an object, got 'list'"),
+        (b'{"files": {"ann.tar.gz": {"kind": "zip"}}}', r"files\['ann.tar.gz'\].kind: expected one of archive"),
+        (b'{"files": {"ann.tar.gz": {"kind": "archive", "sha256": 5, "recorded_at": "x"}}}',
+         r"files\['ann.tar.gz'\].sha256: expected a sha256 \(64 hex digits\), got 5"),
+        (b'{"files": {', r"line 1: expected JSON"),
+        (b'{"files": {"\xff": {}}}', r"content: expected UTF-8 JSON text"),
+    ],
+)
+def test_lock_file_of_the_wrong_shape_is_a_clear_error(tmp_path, content, message):
+    from popos.data.download import LockFileError
+    from popos.errors import UserError
+
+    lock = tmp_path / "raw" / "cofw" / LOCK_NAME
+    lock.parent.mkdir(parents=True)
+    lock.write_bytes(content)
+    spec = _spec(Source("ann.tar.gz", "https://example.org/register", manual=True, folder="DS_ann"))
+    with pytest.raises(LockFileError, match=re.escape(str(lock)) + ": " + message) as info:
+        download(spec, tmp_path / "raw", progress=False)
+    assert isinstance(info.value, UserError) and "delete it" in str(info.value)
+
+
+def test_deleted_plain_file_is_fetched_again(tmp_path, server, capsys):
+    server.files["/info.mat"] = b"MATLAB 5.0 MAT-file" + bytes(200)
+    spec = _spec(Source("info.mat", server.url + "/info.mat", extract=False))
+    download(spec, tmp_path / "raw", progress=False)
+    (tmp_path / "raw" / "cofw" / "info.mat").unlink()
+    capsys.readouterr()
+    download(spec, tmp_path / "raw", progress=False)
+    assert (tmp_path / "raw" / "cofw" / "info.mat").read_bytes() == server.files["/info.mat"]
+    assert "verified against the checksum recorded on" in capsys.readouterr().out
+
+
+def test_entry_without_manifest_is_never_reported_verified(tmp_path, server, capsys):
+    data = make_tar(tmp_path / "a.tar.gz", FILES)
+    server.files["/ann.tar.gz"] = data
+    spec = _spec(Source("ann.tar.gz", server.url + "/ann.tar.gz", folder="DS_ann"))
+    root = tmp_path / "raw"
+    download(spec, root, progress=False)
+    lock = root / "cofw" / LOCK_NAME
+    files = json.loads(lock.read_text())["files"]
+    for key in ("manifest", "manifest_sha256"):  # as an older popos wrote it
+        del files["ann.tar.gz"][key]
+    lock.write_text(json.dumps({"files": files}))
+    capsys.readouterr()
+    download(spec, root, progress=False)  # the archive is there: unpacked again, a manifest written
+    assert "no manifest of its unpacked files was recorded" in capsys.readouterr().out
+    assert "manifest_sha256" in _lock(root)["ann.tar.gz"]
+    lock.write_text(json.dumps({"files": files}))
+    (root / "cofw" / "downloads" / "ann.tar.gz").unlink()
+    download(spec, root, progress=False)
+    out = capsys.readouterr().out
+    assert "were NOT verified" in out and "NOT verified: ann.tar.gz" in out and "present and verified" not in out

@@ -31,6 +31,11 @@ def wflw_line(landmarks, rect, attributes, image):
     return " ".join(fields + [str(int(a)) for a in attributes] + [image]) + "\n"
 
 
+def wflw_subset_line(landmarks, image):
+    """One line of a WFLW test-subset list (list_98pt_test_*.txt): 196 coordinates, then the image path."""
+    return " ".join([f"{v:.6f}" for v in np.asarray(landmarks).reshape(-1)] + [image]) + "\n"
+
+
 def write_pts(path, points_0based):
     """iBUG .pts, 1-based on disk."""
     body = "\n".join(f"{x + 1:.6f} {y + 1:.6f}" for x, y in points_0based)
@@ -128,7 +133,8 @@ def test_wflw_list_round_trip(tmp_path):
     [
         (lambda t: t[:-2] + t[-1:], r":2: 206 fields, expected 207"),
         (lambda t: ["nan"] + t[1:], r":2: coordinates contain NaN"),
-        (lambda t: ["1.0x"] + t[1:], r":2: not a number"),
+        (lambda t: ["1.0x"] + t[1:], r":2: coordinates: expected a number, got '1.0x'"),
+        (lambda t: t[:196] + t[206:], r":2: 197 fields, but the lines above have 207"),
         (lambda t: t[:200] + ["2"] + t[201:], r":2: attributes must be 0 or 1"),
     ],
 )
@@ -138,6 +144,65 @@ def test_wflw_list_errors_name_file_and_line(tmp_path, mutate, message):
     path.write_text(good + " ".join(mutate(good.split())) + "\n")
     with pytest.raises(AnnotationError, match=str(path).replace("\\", "\\\\") + message):
         read_wflw_list(path)
+
+
+def _wflw_full_list(tmp_path, n=4):
+    rng = np.random.default_rng(1)
+    lm = rng.uniform(0, 100, size=(n, 98, 2))
+    names = ["1--Event/a.jpg", "1--Event/a.jpg", "2--Event/b.jpg", "3--Event/c.jpg"][:n]  # two faces in a.jpg
+    path = tmp_path / "list_98pt_rect_attr_test.txt"
+    path.write_text("".join(
+        wflw_line(lm[i], [i, 2 * i, 50 + i, 60 + 3 * i], [i % 2, 1, 0, 0, i == 3, 1], names[i]) for i in range(n)
+    ))
+    return read_wflw_list(path), lm, names
+
+
+def test_wflw_subset_takes_box_and_attributes_from_the_full_list(tmp_path):
+    full, lm, names = _wflw_full_list(tmp_path)
+    sub = tmp_path / "list_98pt_test_blur.txt"
+    sub.write_text(wflw_subset_line(lm[3], names[3]) + wflw_subset_line(lm[1], names[1]))
+    assert len(sub.read_text().splitlines()[0].split()) == 197  # the official subset layout
+    ann = read_wflw_list(sub, full=full)
+    assert ann.image == [names[3], names[1]] and ann.origin == [f"{sub}:1", f"{sub}:2"]
+    np.testing.assert_allclose(ann.landmarks, lm[[3, 1]], atol=1e-6)
+    np.testing.assert_array_equal(ann.box, full.box[[3, 1]])  # face 1, not face 0 of the same image
+    np.testing.assert_array_equal(ann.extra["attributes"], full.extra["attributes"][[3, 1]])
+
+
+def test_wflw_subset_errors_name_file_and_line(tmp_path):
+    full, lm, names = _wflw_full_list(tmp_path)
+    sub = tmp_path / "list_98pt_test_pose.txt"
+    sub.write_text(wflw_subset_line(lm[0], names[0]) + wflw_subset_line(lm[0] + 0.5, names[0]))
+    with pytest.raises(AnnotationError, match=r"pose.txt:2: this face of 1--Event/a.jpg is not in .*"
+                       r"list_98pt_rect_attr_test.txt .*differs by 0.5 px"):
+        read_wflw_list(sub, full=full)
+    sub.write_text(wflw_subset_line(lm[0], "9--Other/z.jpg"))
+    with pytest.raises(AnnotationError, match=r"pose.txt:1: this face of 9--Other/z.jpg is not in"):
+        read_wflw_list(sub, full=full)
+    with pytest.raises(AnnotationError, match=r"pose.txt:1: 197 fields .*read it with the full test list"):
+        read_wflw_list(sub)
+
+
+def test_non_utf8_annotation_files_name_the_file(tmp_path):
+    wflw = tmp_path / "list.txt"
+    wflw.write_bytes(wflw_line(np.zeros((98, 2)), [0, 0, 1, 1], [0] * 6, "a.jpg").encode()
+                     + wflw_line(np.zeros((98, 2)), [0, 0, 1, 1], [0] * 6, "caf\xe9.jpg").encode("latin-1"))
+    with pytest.raises(AnnotationError, match=r"list.txt:2: not UTF-8 text \(byte 0xe9"):
+        read_wflw_list(wflw)
+    pts = tmp_path / "a.pts"
+    pts.write_bytes(b"version: 1\nn_points: 1\n{\n1 1\n}\n\xff\n")
+    with pytest.raises(AnnotationError, match=r"a.pts:6: not UTF-8 text"):
+        read_pts(pts)
+    coco = tmp_path / "c.json"
+    coco.write_bytes(b'{"images": [{"id": 1, "file_name": "\xff.jpg"}], "annotations": []}')
+    with pytest.raises(AnnotationError, match=r"c.json: not UTF-8 text \(byte 0xff\)"):
+        read_coco_wholebody(coco, "val2017")
+
+
+def test_annotation_errors_are_user_errors():
+    from popos.errors import UserError
+
+    assert issubclass(AnnotationError, UserError)
 
 
 # ---------------------------------------------------------------- iBUG .pts
@@ -330,6 +395,12 @@ def test_coco_wholebody_errors(tmp_path):
         ({**good, "image_id": 5}, r"\[annotations 1\]: image_id 5 is not in 'images'"),
         ({**good, "face_box": [0, 0, 1]}, r"\[annotations 1\]: face_box must be"),
         ({**good, "face_kpts": [float("nan")] + [1.0] * 203}, r"\[annotations 1\]: face_kpts contain NaN"),
+        ({**good, "face_kpts": [[1.0, 2.0, 1.0]] * 68}, r"\[annotations 1\]: face_kpts has 68 values, expected 204"),
+        ({**good, "face_kpts": [[1.0, 2.0]] + [1.0] * 203},
+         r"\[annotations 1\]: face_kpts: expected a number, got \[1.0, 2.0\]"),
+        ({**good, "face_box": [0, 0, [9], 9]}, r"\[annotations 1\]: face_box: expected a number, got \[9\]"),
+        ({**good, "image_id": [1]}, r"\[annotations 1\]: image_id \[1\] is not in 'images'"),
+        ({**good, "id": "x"}, r"\[annotations 1\]: expected an integer annotation 'id', got 'x'"),
     ]
     for bad, message in cases:
         path = tmp_path / "c.json"

@@ -27,3 +27,16 @@ def test_csv_round_trip(tmp_path):
     table = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
     write_csv_atomic(table, tmp_path / "t.csv")
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "t.csv"), table)
+
+
+def test_copy_file_is_independent_of_its_source(tmp_path):
+    from popos.io import copy_file
+
+    src, dst = tmp_path / "src.bin", tmp_path / "dst.bin"
+    src.write_bytes(bytes(range(256)) * 1000)
+    copy_file(src, dst)
+    assert dst.read_bytes() == src.read_bytes()
+    assert src.stat().st_nlink == 1 and dst.stat().st_ino != src.stat().st_ino  # not a hard link
+    with open(dst, "r+b") as f:  # an in-place write to the copy leaves the source as it was
+        f.write(b"changed")
+    assert src.read_bytes()[:7] == bytes(range(7))

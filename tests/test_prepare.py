@@ -6,16 +6,25 @@ import warnings
 import cv2
 import numpy as np
 import pytest
-from test_formats import coco_face, wflw_line, write_aflw_mat, write_coco_json, write_cofw_mat, write_pts
+from test_formats import (
+    coco_face,
+    wflw_line,
+    wflw_subset_line,
+    write_aflw_mat,
+    write_coco_json,
+    write_cofw_mat,
+    write_pts,
+)
 
 from popos.cli import main
 from popos.data import DATASETS
 from popos.data.formats import landmark_box
-from popos.data.prepare import clip_box, find_in, prepare
+from popos.data.prepare import PrepareError, clip_box, face_size, find_in, prepare
 from popos.data.prepared import PreparedSplit
 from popos.geometry import apply_affine, invert_affine
 
 CROP, PADDING, CONTEXT = 48, 1.25, 1.5
+LISTS = "list_98pt_rect_attr_train_test"
 
 
 def _image(rng, h, w):
@@ -101,9 +110,10 @@ def make_wflw_raw(raw_root, n_train, n_test, seed=0, size=(80, 96), subsets=("la
         (lists / f"list_98pt_rect_attr_{split}.txt").write_text("".join(lines))
     sub = ds / "WFLW_annotations" / "list_98pt_test"
     sub.mkdir()
-    test_lines = (lists / "list_98pt_rect_attr_test.txt").read_text().splitlines(keepends=True)
-    for k, subset in enumerate(subsets):
-        (sub / f"list_98pt_test_{subset}.txt").write_text("".join(test_lines[k::2]))
+    for k, subset in enumerate(subsets):  # the official subset layout: 98 x,y then the image, 197 fields
+        lines = [wflw_subset_line(faces[("test", i)][1], faces[("test", i)][0]) for i in range(k, n_test, 2)]
+        if lines:
+            (sub / f"list_98pt_test_{subset}.txt").write_text("".join(lines))
     return faces
 
 
@@ -143,12 +153,12 @@ def test_strict_count_mismatch_is_an_error_and_writes_nothing(tmp_path):
     assert not list((tmp_path / "prepared").rglob("*.u8"))
 
 
-def test_missing_image_names_the_line_and_writes_nothing(tmp_path):
+def test_missing_image_names_the_line_and_writes_nothing_of_that_split(tmp_path):
     faces = make_wflw_raw(tmp_path / "raw", 3, 1)
     (tmp_path / "raw" / "wflw" / "WFLW_images" / faces[("train", 1)][0]).unlink()
-    with pytest.raises(FileNotFoundError, match=r"list_98pt_rect_attr_train.txt:2: image .*train_1.jpg not found"):
+    with pytest.raises(PrepareError, match=r"list_98pt_rect_attr_train.txt:2: image .*train_1.jpg not found"):
         _prepare("wflw", tmp_path)
-    assert not (tmp_path / "prepared" / "wflw").exists() or not list((tmp_path / "prepared" / "wflw").iterdir())
+    assert sorted(p.name for p in (tmp_path / "prepared" / "wflw").iterdir()) == ["test", "test_largepose"]
 
 
 def test_undecodable_image_mid_split_leaves_nothing(tmp_path):
@@ -158,6 +168,77 @@ def test_undecodable_image_mid_split_leaves_nothing(tmp_path):
         _prepare("wflw", tmp_path)
     out = tmp_path / "prepared" / "wflw"
     assert not (out / "train").exists() and not (out / "train.partial").exists()
+
+
+def test_bad_optional_split_does_not_hide_the_others(tmp_path, capsys):
+    faces = make_wflw_raw(tmp_path / "raw", 3, 3)
+    blur = tmp_path / "raw" / "wflw" / "WFLW_annotations" / "list_98pt_test" / "list_98pt_test_blur.txt"
+    name, lm = faces[("test", 1)]
+    blur.write_text(blur.read_text() + wflw_subset_line(lm + 2.0, name))  # a face that is not in the test list
+    with pytest.raises(PrepareError, match=r"wflw: split\(s\) test_blur failed .*list_98pt_test_blur.txt:2: this face"):
+        _prepare("wflw", tmp_path)
+    out = capsys.readouterr().out
+    assert "test_blur" in out and "FAILED" in out and "test_largepose" in out
+    for split, n in (("train", 3), ("test", 3), ("test_largepose", 2)):
+        assert len(_open(tmp_path, "wflw", split)) == n
+    assert not (tmp_path / "prepared" / "wflw" / "test_blur").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "tail zeroed", "not an image", "empty"])
+def test_damaged_image_is_an_error_naming_it(tmp_path, damage):
+    faces = make_wflw_raw(tmp_path / "raw", 2, 1, size=(240, 320), subsets=())
+    path = tmp_path / "raw" / "wflw" / "WFLW_images" / faces[("train", 1)][0]
+    data = path.read_bytes()
+    damaged = {"truncated": data[: len(data) // 2], "tail zeroed": data[:-4096] + bytes(4096),
+               "not an image": b"<html>", "empty": b""}
+    path.write_bytes(damaged[damage])
+    with pytest.raises(PrepareError, match=rf"list_98pt_rect_attr_train.txt:2: cannot decode image {path}"):
+        _prepare("wflw", tmp_path)
+    assert not (tmp_path / "prepared" / "wflw" / "train").exists()
+
+
+def test_exif_orientation_is_applied_as_cv2_imread_does(tmp_path):
+    from PIL import Image
+
+    faces = make_wflw_raw(tmp_path / "raw", 2, 1, size=(96, 96), subsets=())
+    name, lm = faces[("train", 0)]
+    path = tmp_path / "raw" / "wflw" / "WFLW_images" / name
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(_image(np.random.default_rng(5), 80, 96)).save(path, exif=exif.tobytes(), quality=95)
+    _prepare("wflw", tmp_path)
+    upright = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    assert upright.shape == (96, 80, 3)  # cv2 turned it upright
+    s = _open(tmp_path, "wflw", "train")
+    assert_face(s, 0, upright, lm, np.ones(98, bool), landmark_box(lm), np.linalg.norm(lm[60] - lm[72]))
+
+
+def test_image_path_leaving_the_image_folder_is_refused(tmp_path):
+    make_wflw_raw(tmp_path / "raw", 2, 1, subsets=())
+    lst = tmp_path / "raw" / "wflw" / "WFLW_annotations" / LISTS / "list_98pt_rect_attr_train.txt"
+    outside = tmp_path / "raw" / "secret.jpg"
+    _write_image(outside, _image(np.random.default_rng(0), 80, 96))
+    lines = lst.read_text().splitlines(keepends=True)
+    lines[1] = lines[1].rsplit(" ", 1)[0] + " ../../secret.jpg\n"
+    lst.write_text("".join(lines))
+    with pytest.raises(PrepareError, match=r"train.txt:2: image path '../../secret.jpg' leaves the image folder"):
+        _prepare("wflw", tmp_path)
+    assert not (tmp_path / "prepared" / "wflw" / "train").exists()
+
+
+def test_empty_list_never_replaces_a_prepared_split_without_force(tmp_path):
+    make_wflw_raw(tmp_path / "raw", 3, 1, subsets=())
+    _prepare("wflw", tmp_path)
+    lst = tmp_path / "raw" / "wflw" / "WFLW_annotations" / LISTS / "list_98pt_rect_attr_train.txt"
+    lst.write_text("")
+    with pytest.raises(PrepareError, match=r"wflw/train: no face to write .*was left as it was.*--force"):
+        _prepare("wflw", tmp_path)
+    assert len(_open(tmp_path, "wflw", "train")) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepare("wflw", tmp_path / "raw", tmp_path / "prepared", CROP, PADDING, context=CONTEXT, progress=False,
+                force=True)
+    assert len(_open(tmp_path, "wflw", "train")) == 0
 
 
 # ---------------------------------------------------------------- 300W
@@ -192,7 +273,7 @@ def test_300w(tmp_path):
 
 def test_default_split_missing_is_an_error(tmp_path):
     (tmp_path / "raw" / "300w" / "afw").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="no folder 'helen'"):
+    with pytest.raises(PrepareError, match=r"split\(s\) train, full failed.*no folder 'helen'"):
         _prepare("300w", tmp_path)
 
 
@@ -243,7 +324,7 @@ def test_aflw(tmp_path):
     for name in names:
         _write_image(ds / "aflw" / "data" / "flickr" / name, _image(rng, 90, 80))
     lm = rng.uniform(20, 70, size=(n, 19, 2))
-    boxes = np.array([[12 + i, 68 + i, 15, 75 - i] for i in range(n)], float)  # x1 x2 y1 y2
+    boxes = np.array([[12 + i, 68 + i, 15, 80 - i] for i in range(n)], float)  # x1 x2 y1 y2, not square
     mask = np.ones((n, 19), bool)
     mask[[1, 4], 3] = False
     ra = np.array([3, 6, 1, 5, 2, 4])  # 1-based permutation: faces 2, 5, 0 train; 4, 1, 3 test
@@ -262,7 +343,8 @@ def test_aflw(tmp_path):
             x1, x2, y1, y2 = boxes[i]
             box = [x1, y1, x2 - x1, y2 - y1]
             image = _read_rgb(tmp_path / "raw" / s.image[row])
-            assert_face(s, row, image, lm[i], np.ones(19, bool), box, max(x2 - x1, y2 - y1))
+            assert x2 - x1 != y2 - y1  # non-square boxes: the face size is sqrt(w * h), not max(w, h)
+            assert_face(s, row, image, lm[i], np.ones(19, bool), box, np.sqrt((x2 - x1) * (y2 - y1)))
 
 
 # ---------------------------------------------------------------- COCO-WholeBody-Face
@@ -317,19 +399,27 @@ def test_find_in(tmp_path):
         find_in(tmp_path, "target", folder=True)
 
 
+def test_aflw_face_size_of_a_non_square_box():
+    boxes = np.array([[5.0, 7.0, 40.0, 90.0], [0.0, 0.0, 30.0, 30.0]])
+    np.testing.assert_allclose(face_size(boxes), [60.0, 30.0])  # sqrt(40 * 90); a square box: its side
+
+
 def test_clip_box():
     np.testing.assert_array_equal(clip_box(np.array([-5.0, 2.0, 20.0, 100.0]), 10, 50), [0, 2, 9, 47])
 
 
-def test_cli_prepare(tmp_path, capsys):
-    make_wflw_raw(tmp_path / "raw", 2, 1, subsets=())
+def test_cli_prepare_on_the_official_layouts(tmp_path, capsys):
+    make_wflw_raw(tmp_path / "raw", 2, 3, subsets=("largepose", "expression", "blur"))
     args = ["data", "prepare", "wflw", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "prepared"),
             "--set", f"data.crop_size={CROP}", "--workers", "1"]
     with pytest.warns(UserWarning, match="but the published split has"):
         assert main(args) == 0
     out = capsys.readouterr().out
-    assert "size differs from the published one" in out and "test_blur" in out and "skipped" in out
+    assert "size differs from the published one" in out and "test_makeup" in out and "skipped" in out
+    assert "FAILED" not in out
     assert PreparedSplit.open(tmp_path / "prepared" / "wflw" / "train").crops.shape == (2, CROP, CROP, 3)
+    for subset, n in (("largepose", 2), ("expression", 1), ("blur", 1)):
+        assert len(PreparedSplit.open(tmp_path / "prepared" / "wflw" / f"test_{subset}")) == n
     assert main([*args, "--strict"]) == 2
     assert "(strict)" in capsys.readouterr().err
 

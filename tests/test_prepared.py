@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -48,3 +50,25 @@ def test_failure_leaves_nothing(tmp_path):
 def test_open_missing_split_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="popos data prepare"):
         PreparedSplit.open(tmp_path / "nothing")
+
+
+def test_a_failed_replacement_keeps_the_previous_split(tmp_path, monkeypatch):
+    out = tmp_path / "ds" / "train"
+    with PreparedWriter(out, "ds", "train", num_landmarks=3, crop_size=8) as w:
+        w.add(**_face(0))
+    real_rename = Path.rename
+
+    def failing_rename(self, target):
+        if self.name == "train.partial":
+            raise OSError("disk full")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing_rename)
+    with pytest.raises(OSError, match="disk full"):
+        with PreparedWriter(out, "ds", "train", num_landmarks=3, crop_size=8) as w:
+            w.add(**_face(1))
+            w.add(**_face(2))
+    monkeypatch.undo()
+    split = PreparedSplit.open(out)
+    assert len(split) == 1 and split.image.tolist() == ["img0.png"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["train"]

@@ -6,7 +6,7 @@ import pytest
 from popos.data import DATASETS, get_dataset
 from popos.geometry import flip_points
 
-# Flip pairs as published (datasets.md, from mmpose / HRNet-Facial / STAR), re-typed independently of the
+# Flip pairs as published (mmpose / HRNet-Facial / STAR), re-typed independently of the
 # flip_index lists in the registry: the two must describe the same permutation.
 PAIRS = {
     "wflw": [(i, 32 - i) for i in range(16)] + [
@@ -105,3 +105,15 @@ def test_spec_validation():
         dataclasses.replace(spec, test_split="val")
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.num_landmarks = 30
+
+
+@pytest.mark.parametrize("name", [n for n in LANDMARKS if n != "synth"])
+def test_registry_says_which_raw_layout_each_reader_accepts(name):
+    from popos.data import formats
+
+    layout = DATASETS[name].raw_layout
+    reader = layout.split(":", 1)[0]
+    assert callable(getattr(formats, reader)), reader  # names a reader of popos.data.formats
+    for source in DATASETS[name].sources:
+        if not source.extract:  # an annotation file read as it is: its name and layout are described
+            assert source.filename.split("_")[0] in layout

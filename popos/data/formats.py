@@ -5,8 +5,11 @@ pixels, 0-based, pixel ``i`` centred at ``i``. Where a format is 1-based (MATLAB
 iBUG ``.pts`` files) the reader subtracts 1 exactly once; AFLW's ``AFLWinfo_release.mat`` is used as
 stored, as every reference implementation does (a shared offset would not change the NME anyway).
 
-Bad input raises :class:`AnnotationError` (a ``ValueError``) naming the file and the line or record:
-a wrong number of fields, a point-count mismatch, NaN coordinates, an unreadable ``.mat`` variable.
+Bad input raises :class:`AnnotationError` (a :class:`popos.errors.UserError`) naming the file and the
+line or record: a wrong number of fields, a point-count mismatch, NaN coordinates, a value that is not a
+number, text that is not UTF-8, an unreadable ``.mat`` variable; a missing file it refers to raises
+:class:`MissingFileError` (also a ``UserError``). The file layouts each reader accepts are listed in each
+registry entry's ``raw_layout`` (:mod:`popos.data.registry`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,11 @@ import h5py
 import numpy as np
 import scipy.io
 
-WFLW_FIELDS = 98 * 2 + 4 + 6 + 1
+from popos.errors import UserError
+
+WFLW_POINTS = 98
+WFLW_FIELDS = WFLW_POINTS * 2 + 4 + 6 + 1  # list_98pt_rect_attr_{train,test}.txt
+WFLW_SUBSET_FIELDS = WFLW_POINTS * 2 + 1  # list_98pt_test_<subset>.txt
 WFLW_ATTRIBUTES = ("pose", "expression", "illumination", "makeup", "occlusion", "blur")
 COFW_POINTS = 29
 AFLW_POINTS = 19
@@ -30,8 +37,12 @@ COCO_FACE_POINTS = 68
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """A raw annotation file is malformed; the message names the file and the line or record."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file an annotation file refers to (or a folder's annotation files) is absent; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -88,53 +99,125 @@ def _check_finite(values: np.ndarray, where: str, what: str = "coordinates") -> 
         raise AnnotationError(f"{where}: {what} contain NaN or inf")
 
 
-def _floats(tokens: list[str], where: str) -> np.ndarray:
+def _floats(values: list, where: str, what: str = "values") -> np.ndarray:
+    """Numbers from text tokens or JSON values; anything else (a word, a nested list) is an error naming it."""
+    out = np.empty(len(values), dtype=np.float64)
+    for i, value in enumerate(values):
+        try:
+            out[i] = float(value)
+        except (ValueError, TypeError):
+            raise AnnotationError(f"{where}: {what}: expected a number, got {value!r}") from None
+    return out
+
+
+def _text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file; a line that is not UTF-8 is an error naming the file and the line."""
     try:
-        return np.array([float(t) for t in tokens], dtype=np.float64)
-    except ValueError as exc:
-        raise AnnotationError(f"{where}: not a number ({exc})") from None
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise AnnotationError(f"{path}: cannot read ({exc.strerror})") from None
+    lines = raw.splitlines()
+    for line_no, line in enumerate(lines, start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise AnnotationError(
+                f"{path}:{line_no}: not UTF-8 text (byte {line[exc.start]:#04x} at column {exc.start + 1}); "
+                "expected a UTF-8 (or ASCII) annotation file"
+            ) from None
+    return [line.decode("utf-8") for line in lines]
 
 
 # ---------------------------------------------------------------- WFLW
-def read_wflw_list(path: str | Path) -> Annotations:
-    """WFLW list file (``list_98pt_rect_attr_*.txt`` or ``list_98pt_test_*.txt``), one face per line.
+def read_wflw_list(path: str | Path, full: Annotations | None = None) -> Annotations:
+    """WFLW list file, one face per line, in either layout of the official annotation archive.
 
-    Each line has 207 space-separated fields: ``x0 y0 ... x97 y97`` (0-based image px), the detector
-    rectangle ``x_min y_min x_max y_max``, six 0/1 attributes (pose, expression, illumination, make-up,
-    occlusion, blur) and the image path relative to ``WFLW_images/``. ``box`` is the rectangle as
-    ``(x, y, w, h)``; ``extra["attributes"]`` is ``[N, 6]`` int8. Every point is labelled.
+    * ``list_98pt_rect_attr_{train,test}.txt``: 207 space-separated fields, ``x0 y0 ... x97 y97``
+      (0-based image px), the detector rectangle ``x_min y_min x_max y_max``, six 0/1 attributes (pose,
+      expression, illumination, make-up, occlusion, blur) and the image path relative to ``WFLW_images/``.
+    * ``list_98pt_test/list_98pt_test_<subset>.txt``: 197 fields, the 98 points then the image path (the
+      archive's README: "coordinates of 98 landmarks (196) + image name (1)"): no rectangle, no attributes.
+      Every subset face is a face of the full test list, so ``full`` (that list, read by this function)
+      gives them: a subset face is the face of ``full`` with the same image path whose 98 points agree
+      within :data:`WFLW_MATCH_TOLERANCE` px (the closest if several do). A face found nowhere in
+      ``full``, or a subset file read without ``full``, is an error naming the file and the line.
+
+    ``box`` is the rectangle as ``(x, y, w, h)``; ``extra["attributes"]`` is ``[N, 6]`` int8. Every
+    point is labelled. All lines of one file must have the same layout.
     """
     path = Path(path)
     images, landmarks, boxes, attributes, origin = [], [], [], [], []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            tokens = line.split()
-            if not tokens:
-                continue
-            where = f"{path}:{line_no}"
-            if len(tokens) != WFLW_FIELDS:
-                raise AnnotationError(
-                    f"{where}: {len(tokens)} fields, expected {WFLW_FIELDS} (98 x,y + 4 box + 6 attributes + image)"
-                )
-            values = _floats(tokens[:200], where)
-            _check_finite(values, where)
-            attr = _floats(tokens[200:206], where)
+    layout = None
+    faces_of: dict[str, list[int]] = {}  # image path -> its faces in ``full``
+    for i, name in enumerate(full.image if full is not None else []):
+        faces_of.setdefault(name, []).append(i)
+    for line_no, line in enumerate(_text_lines(path), start=1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        where = f"{path}:{line_no}"
+        if len(tokens) not in (WFLW_FIELDS, WFLW_SUBSET_FIELDS):
+            raise AnnotationError(
+                f"{where}: {len(tokens)} fields, expected {WFLW_FIELDS} (98 x,y + 4 box + 6 attributes + image, "
+                f"list_98pt_rect_attr_*.txt) or {WFLW_SUBSET_FIELDS} (98 x,y + image, list_98pt_test_*.txt)"
+            )
+        if layout is None:
+            layout = len(tokens)
+        elif len(tokens) != layout:
+            raise AnnotationError(f"{where}: {len(tokens)} fields, but the lines above have {layout}")
+        points = _floats(tokens[: 2 * WFLW_POINTS], where, "coordinates")
+        _check_finite(points, where)
+        points = points.reshape(WFLW_POINTS, 2)
+        image = tokens[-1]
+        if layout == WFLW_FIELDS:
+            rect = _floats(tokens[196:200], where, "rectangle")
+            _check_finite(rect, where, "rectangle")
+            attr = _floats(tokens[200:206], where, "attributes")
             if not np.isin(attr, (0, 1)).all():
                 raise AnnotationError(f"{where}: attributes must be 0 or 1, got {tokens[200:206]}")
-            x1, y1, x2, y2 = values[196:200]
-            images.append(tokens[206])
-            landmarks.append(values[:196].reshape(98, 2))
-            boxes.append((x1, y1, x2 - x1, y2 - y1))
-            attributes.append(attr.astype(np.int8))
-            origin.append(where)
+            x1, y1, x2, y2 = rect
+            box, attr = np.array([x1, y1, x2 - x1, y2 - y1]), attr.astype(np.int8)
+        else:
+            box, attr = _wflw_face_in_full(full, faces_of.get(image, []), image, points, where)
+        images.append(image)
+        landmarks.append(points)
+        boxes.append(box)
+        attributes.append(attr)
+        origin.append(where)
     n = len(images)
     return Annotations(
         image=images,
-        landmarks=np.array(landmarks, dtype=np.float64).reshape(n, 98, 2),
-        visible=np.ones((n, 98), dtype=bool),
+        landmarks=np.array(landmarks, dtype=np.float64).reshape(n, WFLW_POINTS, 2),
+        visible=np.ones((n, WFLW_POINTS), dtype=bool),
         box=np.array(boxes, dtype=np.float64).reshape(n, 4),
         origin=origin,
         extra={"attributes": np.array(attributes, dtype=np.int8).reshape(n, 6)},
+    )
+
+
+WFLW_MATCH_TOLERANCE = 1e-3
+"""Largest coordinate difference (px) between a subset face and its face in the full test list."""
+
+
+def _wflw_face_in_full(full: Annotations | None, candidates: list[int], image: str, points: np.ndarray, where: str):
+    """``(box, attributes)`` of the face of ``full`` (one of ``candidates``, its faces of ``image``) with these
+    points."""
+    if full is None:
+        raise AnnotationError(
+            f"{where}: {WFLW_SUBSET_FIELDS} fields (a test-subset line without box or attributes); "
+            "read it with the full test list (read_wflw_list(path, full=...)) to take them from there"
+        )
+    if candidates:
+        diff = np.abs(full.landmarks[candidates] - points).max(axis=(1, 2))
+        best = int(np.argmin(diff))
+        if diff[best] <= WFLW_MATCH_TOLERANCE:
+            i = candidates[best]
+            return full.box[i], full.extra["attributes"][i]
+    nearest = f"; the closest face of that image differs by {diff.min():.3g} px" if candidates else ""
+    source = full.origin[0].rsplit(":", 1)[0] if len(full) else "the full test list"
+    raise AnnotationError(
+        f"{where}: this face of {image} is not in {source} (expected the same image path and the same 98 points "
+        f"within {WFLW_MATCH_TOLERANCE} px{nearest})"
     )
 
 
@@ -150,7 +233,7 @@ def read_pts(path: str | Path, num_points: int | None = None) -> np.ndarray:
     is the count the caller expects.
     """
     path = Path(path)
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    lines = [ln.strip() for ln in _text_lines(path)]
     lines = [ln for ln in lines if ln]
     header = next((i for i, ln in enumerate(lines) if _PTS_HEADER.match(ln)), None)
     if header is None:
@@ -171,7 +254,7 @@ def read_pts(path: str | Path, num_points: int | None = None) -> np.ndarray:
         where = f"{path}:point {i}"
         if len(tokens) != 2:
             raise AnnotationError(f"{where}: expected 'x y', got {ln!r}")
-        points[i] = _floats(tokens, where)
+        points[i] = _floats(tokens, where, "point")
     _check_finite(points, str(path))
     return points - 1.0
 
@@ -189,17 +272,17 @@ def read_ibug_folder(folder: str | Path, image_root: str | Path, num_points: int
     """Every ``*.pts`` file in ``folder`` (sorted by name) with the image of the same name beside it.
 
     ``image`` paths are relative to ``image_root``; ``box`` is the tight landmark box (``.pts`` files
-    have no box). A ``.pts`` without an image raises ``FileNotFoundError`` naming it.
+    have no box). A ``.pts`` without an image raises :class:`MissingFileError` naming it.
     """
     folder, image_root = Path(folder), Path(image_root)
     pts_files = sorted(folder.glob("*.pts"))
     if not pts_files:
-        raise FileNotFoundError(f"{folder}: no .pts files")
+        raise MissingFileError(f"{folder}: no .pts files; expected iBUG .pts annotations beside the images")
     images, landmarks = [], []
     for pts in pts_files:
         image = find_image(pts)
         if image is None:
-            raise FileNotFoundError(f"{pts}: no image beside it (looked for {', '.join(IMAGE_SUFFIXES[:4])})")
+            raise MissingFileError(f"{pts}: no image beside it (looked for {', '.join(IMAGE_SUFFIXES[:4])})")
         landmarks.append(read_pts(pts, num_points))
         images.append(image.relative_to(image_root).as_posix())
     lm = np.array(landmarks, dtype=np.float64)
@@ -388,7 +471,12 @@ class _JsonStream:
         self.buf, self.pos, self.eof = "", 0, False
 
     def _more(self) -> bool:
-        data = "" if self.eof else self.f.read(self.chunk_size)
+        try:
+            data = "" if self.eof else self.f.read(self.chunk_size)
+        except UnicodeDecodeError as exc:
+            raise AnnotationError(
+                f"{self.path}: not UTF-8 text (byte {exc.object[exc.start]:#04x}); expected a UTF-8 JSON file"
+            ) from None
         if not data:
             self.eof = True
             return False
@@ -468,6 +556,10 @@ def iter_json_array(path: str | Path, key: str, *, chunk_size: int = 1 << 24) ->
                 raise AnnotationError(f"{path}: invalid JSON: expected ',' or '}}' after {name!r}")
 
 
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def read_coco_wholebody(path: str | Path, image_folder: str) -> Annotations:
     """COCO-WholeBody JSON (``coco_wholebody_{train,val}_v1.0.json``): one face per valid person.
 
@@ -480,8 +572,8 @@ def read_coco_wholebody(path: str | Path, image_folder: str) -> Annotations:
     path = Path(path)
     files = {}
     for i, im in enumerate(iter_json_array(path, "images")):
-        if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
-            raise AnnotationError(f"{path}: images[{i}] lacks 'id' or 'file_name'")
+        if not isinstance(im, dict) or not _is_id(im.get("id")) or not isinstance(im.get("file_name"), str):
+            raise AnnotationError(f"{path}: images[{i}]: expected an integer 'id' and a text 'file_name'")
         files[im["id"]] = im["file_name"]
     images, landmarks, visible, boxes, origin, ids = [], [], [], [], [], []
     for i, ann in enumerate(iter_json_array(path, "annotations")):
@@ -494,17 +586,17 @@ def read_coco_wholebody(path: str | Path, image_folder: str) -> Annotations:
         if not isinstance(kpts, list) or len(kpts) != 3 * COCO_FACE_POINTS:
             got = len(kpts) if isinstance(kpts, list) else type(kpts).__name__
             raise AnnotationError(f"{where}: face_kpts has {got} values, expected {3 * COCO_FACE_POINTS}")
-        kpts = _floats(kpts, where).reshape(COCO_FACE_POINTS, 3)
+        kpts = _floats(kpts, where, "face_kpts").reshape(COCO_FACE_POINTS, 3)
         _check_finite(kpts, where, "face_kpts")
         if kpts.max() <= 0:
             continue
         if not isinstance(box, list) or len(box) != 4:
             raise AnnotationError(f"{where}: face_box must be [x, y, w, h], got {box!r}")
-        box = _floats(box, where)
+        box = _floats(box, where, "face_box")
         _check_finite(box, where, "face_box")
-        if "id" not in ann:
-            raise AnnotationError(f"{where}: no annotation 'id'")
-        if ann.get("image_id") not in files:
+        if not _is_id(ann.get("id")):
+            raise AnnotationError(f"{where}: expected an integer annotation 'id', got {ann.get('id')!r}")
+        if not _is_id(ann.get("image_id")) or ann["image_id"] not in files:
             raise AnnotationError(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
         images.append(f"{image_folder}/{files[ann['image_id']]}")
         landmarks.append(kpts[:, :2])

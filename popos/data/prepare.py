@@ -10,8 +10,9 @@ Per face:
 
 * ``box`` ``(x, y, w, h)`` image px: the tight box of the labelled landmarks, or the dataset's own box
   (``spec.crop_box``), clipped to ``[0, W - 1] x [0, H - 1]`` where ``spec.clip_box`` (as mmpose does);
-* ``norm``: ``||p_i - p_j||`` for ``spec.norm_indices``, or ``max(w, h)`` of the dataset's box (AFLW).
-  Faces whose normaliser points are unlabelled (or coincide) cannot be scored and are skipped, counted;
+* ``norm``: ``||p_i - p_j||`` for ``spec.norm_indices``, or the face size ``sqrt(w * h)`` of the dataset's
+  box (AFLW, see :func:`face_size`). Faces whose normaliser points are unlabelled (or coincide) cannot be
+  scored and are skipped, counted;
 * the crop: the square of side ``context * padding * max(w, h)`` around the box centre, resampled to
   ``crop_size`` px with ``cv2.warpAffine`` (bilinear, black outside the image); ``crop_affine`` maps
   image px to crop px (pixel ``i`` centred at ``i`` in both).
@@ -23,18 +24,25 @@ Split sizes are checked against the published ones: a mismatch is a warning nami
 that small fixtures and partial downloads work), or an error with ``strict=True``
 (``popos data prepare NAME --strict``). Splits other than the default train/test ones are skipped with
 a note when their raw files are missing (``strict``: an error).
+
+Bad data never becomes a prepared split: an image that is missing, truncated or not an image, an image
+path that leaves the image folder, or a split with no face to write (unless ``force=True``,
+``--force``) fails its split with a :class:`PrepareError` naming the file and the line. A failed split
+leaves the prepared split it would have replaced as it was; the other splits are still prepared, the
+summary table is printed, and then one error names every failed split.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
@@ -50,12 +58,21 @@ from popos.data.formats import (
 )
 from popos.data.prepared import DEFAULT_CONTEXT, PreparedWriter
 from popos.data.registry import DatasetSpec, get_dataset
+from popos.errors import UserError
 from popos.geometry import crop_affine, square_box
 
 MAX_DEPTH = 4
 WFLW_SUBSETS = ("largepose", "expression", "illumination", "makeup", "occlusion", "blur")
 
 ImageFn = Callable[[int], np.ndarray]
+
+
+class PrepareError(UserError, ValueError):
+    """Raw data that cannot become a prepared split; the message names the file and the line or split."""
+
+
+class RawFilesMissing(UserError, FileNotFoundError):
+    """A split's annotation file or image folder is not under the raw folder (not downloaded yet)."""
 
 
 @dataclass(frozen=True)
@@ -71,13 +88,14 @@ class RawSplit:
 def find_in(raw_dir: Path, name: str, *, folder: bool = False) -> Path:
     """The file (or folder) called ``name`` under ``raw_dir``, at most ``MAX_DEPTH`` levels down.
 
-    The shallowest match wins; none raises ``FileNotFoundError``, several at that depth ``ValueError``.
+    The shallowest match wins; none raises :class:`RawFilesMissing`, several at that depth
+    :class:`PrepareError`.
     """
     level = [raw_dir] if raw_dir.is_dir() else []
     for _ in range(MAX_DEPTH + 1):
         hits = [d / name for d in level if (d / name).is_dir() == folder and (d / name).exists()]
         if len(hits) > 1:
-            raise ValueError(f"{raw_dir}: several {name!r} found ({', '.join(map(str, hits))}); keep one")
+            raise PrepareError(f"{raw_dir}: several {name!r} found ({', '.join(map(str, hits))}); keep one")
         if hits:
             return hits[0]
         level = [
@@ -87,7 +105,7 @@ def find_in(raw_dir: Path, name: str, *, folder: bool = False) -> Path:
             if entry.is_dir() and not entry.name.startswith(".") and entry.name != "__MACOSX"
         ]
     kind = "folder" if folder else "file"
-    raise FileNotFoundError(
+    raise RawFilesMissing(
         f"{raw_dir}: no {kind} {name!r} (searched {MAX_DEPTH} levels deep); run `popos data download` first"
     )
 
@@ -99,20 +117,54 @@ class _FileImages:
         self.root, self.annotations = root, annotations
 
     def check(self) -> None:
+        """Every image path stays inside ``root`` and names an existing file; else :class:`PrepareError`."""
+        for name, where in zip(self.annotations.image, self.annotations.origin, strict=True):
+            parts = PurePosixPath(name.replace("\\", "/"))
+            if parts.is_absolute() or re.match(r"^[A-Za-z]:", name) or ".." in parts.parts:
+                raise PrepareError(
+                    f"{where}: image path {name!r} leaves the image folder {self.root}; expected a relative path "
+                    "without '..'"
+                )
         missing = [i for i, name in enumerate(self.annotations.image) if not (self.root / name).is_file()]
         if missing:
             i = missing[0]
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise FileNotFoundError(
+            raise PrepareError(
                 f"{self.annotations.origin[i]}: image {self.root / self.annotations.image[i]} not found{more}"
             )
 
     def __call__(self, i: int) -> np.ndarray:
+        """Image ``i`` as ``[H, W, 3]`` uint8 RGB, turned upright by its EXIF orientation (``cv2.imdecode``).
+
+        A file that does not decode whole is a :class:`PrepareError` naming it, never a half-grey image:
+        OpenCV refuses a cut PNG, and a JPEG cut short or with its tail overwritten (which OpenCV decodes
+        with only a warning) is caught by :func:`_jpeg_ends`.
+        """
         path = self.root / self.annotations.image[i]
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"{self.annotations.origin[i]}: cannot decode image {path}")
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        data = path.read_bytes()
+        problem = None if _jpeg_ends(data) else "a JPEG without an end-of-image marker after its last scan"
+        if problem is None:
+            try:
+                bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+            except cv2.error as exc:
+                bgr, problem = None, str(exc).strip().splitlines()[-1]
+            if bgr is not None:
+                return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        raise PrepareError(
+            f"{self.annotations.origin[i]}: cannot decode image {path} ({problem or 'not a complete image file'}); "
+            "expected a complete JPEG/PNG/BMP file (re-download or re-extract it)"
+        )
+
+
+def _jpeg_ends(data: bytes) -> bool:
+    """False for a JPEG whose last scan (SOS marker ``FF DA``) is not followed by an end-of-image marker
+    (``FF D9``): cut short, or its tail overwritten (zeros decode as valid data, so the decoder does not
+    notice). Neither marker can occur inside scan data (``FF`` is stuffed there), and bytes after the
+    end-of-image marker (camera trailers) are allowed. True for anything that is not a JPEG."""
+    if not data.startswith(b"\xff\xd8"):
+        return True
+    last_scan = data.rfind(b"\xff\xda")
+    return last_scan >= 0 and data.find(b"\xff\xd9", last_scan) >= 0
 
 
 @contextmanager
@@ -134,17 +186,24 @@ def concat(parts: list[Annotations]) -> Annotations:
     )
 
 
-# ---------------------------------------------------------------- per-dataset split layouts
+# ---------------------------------------------------------------- per-dataset split openers
 SplitOpener = Callable[[], AbstractContextManager[RawSplit]]
+"""Opens one split's raw files (their names and formats are described in each registry entry)."""
 
 
 def _wflw(_spec: DatasetSpec, raw_dir: Path) -> dict[str, SplitOpener]:
-    def opener(list_name: str) -> SplitOpener:
-        return lambda: _files(read_wflw_list(find_in(raw_dir, list_name)), find_in(raw_dir, "WFLW_images", folder=True))
+    def opener(split: str) -> SplitOpener:
+        def open_split():
+            if split in ("train", "test"):
+                ann = read_wflw_list(find_in(raw_dir, f"list_98pt_rect_attr_{split}.txt"))
+            else:  # a test subset: 197-field lines, box and attributes from the full test list
+                subset = find_in(raw_dir, f"list_98pt_test_{split.removeprefix('test_')}.txt")
+                ann = read_wflw_list(subset, full=read_wflw_list(find_in(raw_dir, "list_98pt_rect_attr_test.txt")))
+            return _files(ann, find_in(raw_dir, "WFLW_images", folder=True))
 
-    out = {s: opener(f"list_98pt_rect_attr_{s}.txt") for s in ("train", "test")}
-    out.update({f"test_{s}": opener(f"list_98pt_test_{s}.txt") for s in WFLW_SUBSETS})
-    return out
+        return open_split
+
+    return {split: opener(split) for split in ("train", "test", *(f"test_{s}" for s in WFLW_SUBSETS))}
 
 
 def _300w(spec: DatasetSpec, raw_dir: Path) -> dict[str, SplitOpener]:
@@ -206,7 +265,7 @@ def _cocowb_face(_spec: DatasetSpec, raw_dir: Path) -> dict[str, SplitOpener]:
     return {s: opener(s) for s in ("train", "val")}
 
 
-LAYOUTS: dict[str, Callable[[DatasetSpec, Path], dict[str, SplitOpener]]] = {
+SPLIT_OPENERS: dict[str, Callable[[DatasetSpec, Path], dict[str, SplitOpener]]] = {
     "wflw": _wflw,
     "300w": _300w,
     "cofw": _cofw,
@@ -216,6 +275,21 @@ LAYOUTS: dict[str, Callable[[DatasetSpec, Path], dict[str, SplitOpener]]] = {
 
 
 # ---------------------------------------------------------------- geometry of the faces
+def face_size(boxes: np.ndarray) -> np.ndarray:
+    """AFLW's NME normaliser ``[N]``: the face size ``sqrt(w * h)`` of ``[N, 4]`` boxes ``(x, y, w, h)``, px.
+
+    The AFLW-19 protocol (Zhu et al., CVPR 2016) normalises by the size of the face box of
+    ``AFLWinfo_release.mat``; the reference code that reads that file computes it as ``sqrt(w * h)``
+    (SAN's ``aflw_from_mat.py``, FaRL's ``NormalizeByBox``). HRNet-Facial's csv and mmpose's JSONs store it
+    as ``box_size = 200 * scale``, the side of the box made square (mmpose's fixture: scale 1.81, box_size
+    362); for a square box all of these agree.
+
+    >>> face_size(np.array([[0.0, 0.0, 40.0, 90.0]])).tolist()
+    [60.0]
+    """
+    return np.sqrt(boxes[:, 2] * boxes[:, 3])
+
+
 def face_boxes_and_norms(spec: DatasetSpec, ann: Annotations) -> tuple[np.ndarray, np.ndarray]:
     """Crop boxes ``[N, 4]`` ``(x, y, w, h)`` (before clipping) and NME normalisers ``[N]``, image px.
 
@@ -229,11 +303,11 @@ def face_boxes_and_norms(spec: DatasetSpec, ann: Annotations) -> tuple[np.ndarra
         boxes = np.concatenate([lo, hi - lo], axis=1)
         bad = ~np.isfinite(boxes).all(axis=1)
         if bad.any():
-            raise ValueError(f"{ann.origin[int(np.argmax(bad))]}: no labelled landmark to build a face box from")
+            raise PrepareError(f"{ann.origin[int(np.argmax(bad))]}: no labelled landmark to build a face box from")
     else:
         boxes = ann.box.copy()
     if spec.norm_indices is None:
-        norms = np.maximum(ann.box[:, 2], ann.box[:, 3])
+        norms = face_size(ann.box)
     else:
         i, j = spec.norm_indices
         norms = np.linalg.norm(ann.landmarks[:, i] - ann.landmarks[:, j], axis=-1)
@@ -256,7 +330,7 @@ def _crop_face(
         box = clip_box(box, image.shape[1], image.shape[0])
     centre, side = square_box(box, scale)
     if not side > 0:
-        raise ValueError(f"{raw.annotations.origin[i]}: face box {box.tolist()} has no extent")
+        raise PrepareError(f"{raw.annotations.origin[i]}: face box {box.tolist()} has no extent; expected w, h > 0")
     m = crop_affine(centre, float(side), crop_size)
     crop = cv2.warpAffine(image, m, (crop_size, crop_size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     return crop, box, m
@@ -287,6 +361,7 @@ def prepare(
     *,
     context: float = DEFAULT_CONTEXT,
     strict: bool = False,
+    force: bool = False,
     workers: int = 4,
     progress: bool = True,
 ) -> dict[str, int]:
@@ -294,31 +369,40 @@ def prepare(
 
     ``crop_size``: side of the cached crops, px; ``padding``: the network input covers ``padding *
     max(w, h)`` of the face box; the crop covers ``context`` times that. ``workers``: image-decoding
-    threads. Returns the number of faces written per split and prints a table of them against the
-    published sizes. See the module docstring for ``strict``.
+    threads. ``force``: write a split even when it has no face (it then replaces a non-empty one).
+    Returns the number of faces written per split and prints a table of them against the published
+    sizes, then raises :class:`PrepareError` naming the splits that failed, if any. See the module
+    docstring for ``strict``.
     """
     spec = dataset if isinstance(dataset, DatasetSpec) else get_dataset(dataset)
     if spec.generated:
-        raise ValueError(f"{spec.name} is rendered by `popos data synth`, not prepared from raw files")
+        raise PrepareError(f"{spec.name} is rendered by `popos data synth`, not prepared from raw files")
     if crop_size <= 0 or padding <= 0 or context <= 0:
         raise ValueError(f"crop_size, padding and context must be positive, got {crop_size}, {padding}, {context}")
     raw_dir, out_dir = Path(raw_root) / spec.name, Path(out_root) / spec.name
     if not raw_dir.is_dir():
-        raise FileNotFoundError(f"{raw_dir}: no raw data; run `popos data download {spec.name}` first")
-    openers = LAYOUTS[spec.name](spec, raw_dir)
+        raise RawFilesMissing(f"{raw_dir}: no raw data; run `popos data download {spec.name}` first")
+    openers = SPLIT_OPENERS[spec.name](spec, raw_dir)
     written: dict[str, int] = {}
+    failed: dict[str, str] = {}
     rows = []
     for split in spec.splits:
-        with ExitStack() as stack:
-            try:
-                raw = stack.enter_context(openers[split.name]())
-            except FileNotFoundError as exc:
-                if strict or split.name in (spec.train_split, spec.test_split):
-                    raise
-                rows.append((split.name, "-", split.count, f"skipped: {exc}"))
-                continue
-            n, skipped = _write_split(spec, split.name, raw, Path(raw_root), out_dir, crop_size, padding, context,
-                                      strict=strict, workers=workers, progress=progress)
+        optional = not strict and split.name not in (spec.train_split, spec.test_split)
+        try:
+            with ExitStack() as stack:
+                try:
+                    raw = stack.enter_context(openers[split.name]())
+                except RawFilesMissing as exc:
+                    if not optional:
+                        raise
+                    rows.append((split.name, "-", split.count, f"skipped: {exc}"))
+                    continue
+                n, skipped = _write_split(spec, split.name, raw, Path(raw_root), out_dir, crop_size, padding, context,
+                                          strict=strict, force=force, workers=workers, progress=progress)
+        except UserError as exc:  # bad data: this split fails, the others are still prepared
+            failed[split.name] = str(exc)
+            rows.append((split.name, "-", split.count, f"FAILED: {exc}"))
+            continue
         written[split.name] = n
         status = "ok" if split.count in (None, n) else "size differs from the published one"
         rows.append((split.name, n, split.count, status + (f"; {skipped} unscorable faces skipped" if skipped else "")))
@@ -326,21 +410,34 @@ def prepare(
     print(f"{'split':<20}{'faces':>8}{'published':>11}  status")
     for name, n, count, status in rows:
         print(f"{name:<20}{n!s:>8}{count if count is not None else '-'!s:>11}  {status}")
+    if failed:
+        first, message = next(iter(failed.items()))
+        raise PrepareError(
+            f"{spec.name}: split(s) {', '.join(failed)} failed (nothing written for them; the other splits were "
+            f"prepared, see the table above); {first}: {message}"
+        )
     return written
 
 
 def _write_split(
     spec: DatasetSpec, split: str, raw: RawSplit, raw_root: Path, out_dir: Path, crop_size: int, padding: float,
-    context: float, *, strict: bool, workers: int, progress: bool,
+    context: float, *, strict: bool, force: bool, workers: int, progress: bool,
 ) -> tuple[int, int]:
     ann = raw.annotations
     boxes, norms = face_boxes_and_norms(spec, ann)
     keep = np.flatnonzero(np.isfinite(norms))
+    if len(keep) == 0 and not force:
+        previous = out_dir / split / "meta.json"
+        kept = f"the prepared split {out_dir / split} was left as it was" if previous.is_file() else "nothing written"
+        raise PrepareError(
+            f"{spec.name}/{split}: no face to write ({len(ann)} in the annotations, none scorable); {kept}; "
+            "expected a non-empty annotation list (--force writes an empty split)"
+        )
     expected = spec.split(split).count
     if expected is not None and expected != len(keep):
         message = f"{spec.name}/{split}: {len(keep)} faces, but the published split has {expected}"
         if strict:
-            raise ValueError(message + " (strict)")
+            raise PrepareError(message + " (strict)")
         warnings.warn(message, stacklevel=3)
     prefix = raw.image_root.resolve().relative_to(raw_root.resolve())
     scale = padding * context

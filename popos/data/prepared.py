@@ -12,7 +12,8 @@ A prepared split is a folder ``<prepared_root>/<dataset>/<split>/`` holding
 Each crop is the square of side ``context * padding * max(w, h)`` around the box centre, so that
 augmentation (scale, rotation, translation) has real pixels to draw from; the test-time input is the
 inner square of side ``padding * max(w, h)``. A split is written into a temporary folder and renamed
-into place only when complete, so an interrupted run leaves nothing that looks prepared.
+into place only when complete (the split it replaces is kept aside until then), so an interrupted run
+leaves nothing that looks prepared and never loses the previous split.
 """
 
 from __future__ import annotations
@@ -108,9 +109,22 @@ class PreparedWriter:
         }
         np.savez(self.tmp_dir / "annotations.npz", **arrays)
         (self.tmp_dir / "meta.json").write_text(json.dumps({**self.meta, "count": n}, indent=2) + "\n")
+        # the old split is moved aside, not deleted, until the new one is in place
+        old = self.split_dir.with_name(self.split_dir.name + ".old")
+        if old.exists() and not self.split_dir.exists():  # a crash between the two renames: restore it first
+            old.rename(self.split_dir)
+        if old.exists():
+            shutil.rmtree(old)
         if self.split_dir.exists():
-            shutil.rmtree(self.split_dir)
-        self.tmp_dir.rename(self.split_dir)
+            self.split_dir.rename(old)
+        try:
+            self.tmp_dir.rename(self.split_dir)
+        except BaseException:
+            if old.exists():
+                old.rename(self.split_dir)
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclass(frozen=True)

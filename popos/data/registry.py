@@ -1,18 +1,20 @@
 """The benchmark datasets: one frozen :class:`DatasetSpec` per dataset, the single place the code asks.
 
 ``DATASETS["wflw"]`` gives a spec; an unknown name raises ``KeyError`` listing the known ones. Every
-index is 0-based and every list is copied from ``shared/reference/datasets.md`` (mmpose, HRNet-Facial,
-STAR agree on them):
+index is 0-based and every list is the one mmpose, HRNet-Facial and STAR publish (they agree):
 
 * ``flip_index``: landmark ``k`` of a horizontally flipped face is landmark ``flip_index[k]``;
 * ``norm_indices``: the two landmarks whose distance is the NME normaliser (outer eye corners, or
-  COFW's 8/9), or ``None`` where the face box size ``max(w, h)`` is used (AFLW);
+  COFW's 8/9), or ``None`` where the face size ``sqrt(w * h)`` of the dataset's box is used (AFLW, see
+  :func:`popos.data.prepare.face_size`);
 * ``crop_box``: which box the crops are centred on: ``"landmarks"`` (tight box of the landmarks, as
   the WFLW/300W JSONs of HRNet-Facial and mmpose do) or ``"annotation"`` (the dataset's own box:
   COFW, AFLW, COCO-WholeBody); ``clip_box``: the dataset's box is first clipped to the image (mmpose
   does so for COFW and COCO-WholeBody);
 * ``splits``: every split with its published size; ``train_split`` / ``test_split`` are the defaults
-  the benchmark trains and reports on.
+  the benchmark trains and reports on;
+* ``raw_layout``: the raw files ``popos data prepare`` reads and the exact layout each reader of
+  :mod:`popos.data.formats` accepts.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class DatasetSpec:
     licence: str
     sources: tuple[Source, ...] = ()
     manual_steps: str = ""
+    raw_layout: str = ""
     generated: bool = False
 
     def __post_init__(self) -> None:
@@ -176,6 +179,11 @@ WFLW = DatasetSpec(
         ),
     ),
     manual_steps="Download WFLW_images.tar.gz from Google Drive in a browser.",
+    raw_layout="read_wflw_list: list_98pt_rect_attr_{train,test}.txt, one face per line, 207 space-separated "
+    "fields (98 x,y pairs, 0-based image px; x_min y_min x_max y_max; six 0/1 attributes; the image path under "
+    "WFLW_images/); list_98pt_test_{largepose,expression,illumination,makeup,occlusion,blur}.txt, 197 fields (98 "
+    "x,y pairs, the image path), each face matched to the full test list by image path and points for its box "
+    "and attributes. Images: WFLW_images/<event>/<name>.jpg.",
 )
 
 W300 = DatasetSpec(
@@ -218,6 +226,9 @@ W300 = DatasetSpec(
         ),
     ),
     manual_steps="Register on the iBUG 300-W page and download afw, helen, lfpw, ibug (and 300w for 'test').",
+    raw_layout="read_ibug_folder: every <name>.pts in afw/, helen/{trainset,testset}/, lfpw/{trainset,testset}/, "
+    "ibug/, 01_Indoor/, 02_Outdoor/ with the image <name>.{jpg,png,...} beside it; read_pts: 'version: 1', "
+    "'n_points: 68', '{', 68 lines 'x y' (1-based on disk, stored 0-based), '}'.",
 )
 
 COFW = DatasetSpec(
@@ -237,6 +248,9 @@ COFW = DatasetSpec(
     test_split="test",
     homepage="http://www.vision.caltech.edu/xpburgos/ICCV13/",
     licence="No licence text found; treat as research-only.",
+    raw_layout="CofwFile: COFW_train_color.mat / COFW_test_color.mat, MATLAB v7.3 (HDF5): IsTr/IsT cell of H x W "
+    "(x 3) uint8 images, phisTr/phisT N x 87 (x1..x29, y1..y29, occlusion1..29; 1-based), bboxesTr/bboxesT N x 4 "
+    "[x y w h] (1-based). The images are inside the .mat files.",
     sources=(
         Source(
             "COFW_color.zip",
@@ -287,6 +301,9 @@ AFLW = DatasetSpec(
         for part in ("0", "2", "3")
     ),
     manual_steps="Sign the AFLW licence agreement at TU Graz and download aflw-images-{0,2,3}.tar.gz.",
+    raw_layout="read_aflw_mat: AFLWinfo_release.mat (MATLAB v5, or a v7.3 re-save): bbox N x 4 [x1 x2 y1 y2], "
+    "data N x 38 (x1..x19, y1..y19), mask_new N x 19, nameList (paths under flickr/), ra (1-based permutation, "
+    "the first 20,000 train). Images: flickr/{0,2,3}/<name>.jpg.",
 )
 
 COCOWB_FACE = DatasetSpec(
@@ -324,6 +341,9 @@ COCOWB_FACE = DatasetSpec(
         Source("val2017.zip", "http://images.cocodataset.org/zips/val2017.zip", folder="val2017"),
     ),
     manual_steps="Download the two COCO-WholeBody annotation JSONs from Google Drive in a browser.",
+    raw_layout="read_coco_wholebody: coco_wholebody_{train,val}_v1.0.json, 'images' (id, file_name) and "
+    "'annotations' with face_valid, face_kpts (a flat list of 68 x [x, y, v], 0-based), face_box [x, y, w, h], "
+    "image_id, id. Images: {train,val}2017/<file_name>.",
 )
 
 SYNTH = DatasetSpec(
