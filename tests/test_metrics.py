@@ -47,13 +47,13 @@ def test_accepts_torch_tensors():
 def test_normalisers():
     gt = np.array([[[0.0, 0.0], [1.0, 1.0], [6.0, 8.0]]])
     np.testing.assert_allclose(metrics.interocular(gt, 0, 2), [10.0])
-    np.testing.assert_allclose(metrics.box_size(np.array([[0, 0, 30, 40], [5, 5, 50, 20]])), [40, 50])
+    np.testing.assert_allclose(metrics.face_size(np.array([[0, 0, 30, 40], [5, 5, 45, 20]])), [np.sqrt(1200), 30])
     with pytest.raises(ValueError, match=r"right: expected a landmark index in \[0, 3\)"):
         metrics.interocular(gt, 0, 3)
     with pytest.raises(ValueError, match="must differ"):
         metrics.interocular(gt, 1, 1)
     with pytest.raises(ValueError, match=r"boxes: expected shape \[N, 4\]"):
-        metrics.box_size(np.zeros((2, 3)))
+        metrics.face_size(np.zeros((2, 3)))
 
 
 def test_fr_and_auc_reference_vectors():

@@ -19,9 +19,10 @@ from test_formats import (
 from popos.cli import main
 from popos.data import DATASETS
 from popos.data.formats import landmark_box
-from popos.data.prepare import PrepareError, clip_box, face_size, find_in, prepare
+from popos.data.prepare import PrepareError, clip_box, find_in, prepare
 from popos.data.prepared import PreparedSplit
 from popos.geometry import apply_affine, invert_affine
+from popos.metrics import face_size
 
 CROP, PADDING, CONTEXT = 48, 1.25, 1.5
 LISTS = "list_98pt_rect_attr_train_test"

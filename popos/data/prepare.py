@@ -11,7 +11,7 @@ Per face:
 * ``box`` ``(x, y, w, h)`` image px: the tight box of the labelled landmarks, or the dataset's own box
   (``spec.crop_box``), clipped to ``[0, W - 1] x [0, H - 1]`` where ``spec.clip_box`` (as mmpose does);
 * ``norm``: ``||p_i - p_j||`` for ``spec.norm_indices``, or the face size ``sqrt(w * h)`` of the dataset's
-  box (AFLW, see :func:`face_size`). Faces whose normaliser points are unlabelled (or coincide) cannot be
+  box (AFLW, see :func:`popos.metrics.face_size`). Faces whose normaliser points are unlabelled (or coincide) cannot be
   scored and are skipped, counted;
 * the crop: the square of side ``context * padding * max(w, h)`` around the box centre, resampled to
   ``crop_size`` px with ``cv2.warpAffine`` (bilinear, black outside the image); ``crop_affine`` maps
@@ -60,6 +60,7 @@ from popos.data.prepared import DEFAULT_CONTEXT, PreparedWriter
 from popos.data.registry import DatasetSpec, get_dataset
 from popos.errors import UserError
 from popos.geometry import crop_affine, square_box
+from popos.metrics import face_size
 
 MAX_DEPTH = 4
 WFLW_SUBSETS = ("largepose", "expression", "illumination", "makeup", "occlusion", "blur")
@@ -275,21 +276,6 @@ SPLIT_OPENERS: dict[str, Callable[[DatasetSpec, Path], dict[str, SplitOpener]]] 
 
 
 # ---------------------------------------------------------------- geometry of the faces
-def face_size(boxes: np.ndarray) -> np.ndarray:
-    """AFLW's NME normaliser ``[N]``: the face size ``sqrt(w * h)`` of ``[N, 4]`` boxes ``(x, y, w, h)``, px.
-
-    The AFLW-19 protocol (Zhu et al., CVPR 2016) normalises by the size of the face box of
-    ``AFLWinfo_release.mat``; the reference code that reads that file computes it as ``sqrt(w * h)``
-    (SAN's ``aflw_from_mat.py``, FaRL's ``NormalizeByBox``). HRNet-Facial's csv and mmpose's JSONs store it
-    as ``box_size = 200 * scale``, the side of the box made square (mmpose's fixture: scale 1.81, box_size
-    362); for a square box all of these agree.
-
-    >>> face_size(np.array([[0.0, 0.0, 40.0, 90.0]])).tolist()
-    [60.0]
-    """
-    return np.sqrt(boxes[:, 2] * boxes[:, 3])
-
-
 def face_boxes_and_norms(spec: DatasetSpec, ann: Annotations) -> tuple[np.ndarray, np.ndarray]:
     """Crop boxes ``[N, 4]`` ``(x, y, w, h)`` (before clipping) and NME normalisers ``[N]``, image px.
 

@@ -6,7 +6,7 @@ index is 0-based and every list is the one mmpose, HRNet-Facial and STAR publish
 * ``flip_index``: landmark ``k`` of a horizontally flipped face is landmark ``flip_index[k]``;
 * ``norm_indices``: the two landmarks whose distance is the NME normaliser (outer eye corners, or
   COFW's 8/9), or ``None`` where the face size ``sqrt(w * h)`` of the dataset's box is used (AFLW, see
-  :func:`popos.data.prepare.face_size`);
+  :func:`popos.metrics.face_size`);
 * ``crop_box``: which box the crops are centred on: ``"landmarks"`` (tight box of the landmarks, as
   the WFLW/300W JSONs of HRNet-Facial and mmpose do) or ``"annotation"`` (the dataset's own box:
   COFW, AFLW, COCO-WholeBody); ``clip_box``: the dataset's box is first clipped to the image (mmpose
