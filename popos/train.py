@@ -2,8 +2,12 @@
 
 Targets are unbiased Gaussians (sigma in heatmap px) centred at ``landmarks / stride``, with
 ``stride = input_size / heatmap_size``; landmarks are (x, y) input px, pixel ``i`` centred at ``i``. The
-loss is heatmap MSE (``mse``) or MSE + ``train.ma_weight`` x MA (``mse_ma``). The learning rate decays
-linearly per step from ``train.lr`` to ``train.lr_min`` over all epochs.
+loss is heatmap MSE (``mse``), MSE + ``train.ma_weight`` x MA (``mse_ma``, paper Eq. 1), or MSE on
+integer-centred Gaussians of ``train.baseline_sigma`` (``mse_biased``: the models behind the authors'
+one-hot / two-hot rows). The learning rate follows ``train.schedule`` per step (:func:`lr_factor`; the
+paper: linear from ``train.lr`` to ``train.lr_min``). ``train.per_dataset`` overrides apply first.
+``model.pretrained`` initialises the backbone (:mod:`popos.pretrained`); the counts loaded are logged
+and stored in the run's configuration.
 
 Runs on CPU or CUDA (mixed precision with ``train.amp``), and on several processes when started with
 ``torchrun`` (DistributedDataParallel; NCCL on CUDA, gloo on CPU; ``train.batch_size`` is the global batch,
@@ -51,8 +55,10 @@ from popos.geometry import stride
 from popos.io import atomic_path
 from popos.losses import LandmarkLoss
 from popos.models import build_model
+from popos.pretrained import load_backbone
+from popos.pretrained import summary as pretrained_summary
 
-LOSSES = ("mse", "mse_ma")
+LOSSES = ("mse", "mse_ma", "mse_biased")
 # Where and how a run executes, not what it computes: these may change between a run and its resume.
 RESUME_FREE_KEYS = frozenset({"train.workers", "train.device", "data.raw_dir", "data.prepared_dir"})
 QUICK_DECODERS = ("one_hot", "popos")
@@ -67,6 +73,7 @@ def run_config(params: Params, dataset: str, heatmap_size: int, loss: str) -> di
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     spec = get_dataset(dataset)
+    params = for_dataset(params, dataset)
     return {
         "dataset": dataset,
         "heatmap_size": int(heatmap_size),
@@ -77,24 +84,78 @@ def run_config(params: Params, dataset: str, heatmap_size: int, loss: str) -> di
     }
 
 
+def for_dataset(params: Params, dataset: str) -> Params:
+    """``params`` with ``train.per_dataset[dataset]`` applied to its train section."""
+    return params.model_copy(update={"train": params.train.for_dataset(dataset)})
+
+
 def make_targets(
-    landmarks: Tensor, visible: Tensor, *, input_size: int, heatmap_size: int, sigma: float
+    landmarks: Tensor,
+    visible: Tensor,
+    *,
+    input_size: int,
+    heatmap_size: int,
+    sigma: float,
+    unbiased: bool = True,
+    annotated: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Heatmap targets for ``landmarks [B, K, 2]`` (x, y) input px and ``visible [B, K]``.
 
-    Returns ``target [B, K, h, h]`` (unbiased Gaussians of ``sigma`` heatmap px at ``landmarks / stride``)
-    and ``weight [B, K]`` float, 1 for visible landmarks (LandmarkDataset marks those off the input invisible).
+    Returns ``target [B, K, h, h]`` (Gaussians of ``sigma`` heatmap px at ``landmarks / stride``, on the exact
+    point or, ``unbiased=False``, on the nearest pixel) and ``weight [B, K]`` float: 1 for ``visible``
+    landmarks (LandmarkDataset marks those off the input invisible). Given ``annotated [B, K]`` (visible
+    whether inside the input or not), the weight is instead 0 only when the landmark is not annotated or its
+    whole 3-sigma box ``[round(c) - 3 sigma, round(c) + 3 sigma]`` lies off the heatmap, as mmpose (the authors).
     """
-    target = encode_heatmaps(landmarks.float() / stride(input_size, heatmap_size), heatmap_size, sigma, unbiased=True)
-    return target, visible.float()
+    centres = landmarks.float() / stride(input_size, heatmap_size)
+    target = encode_heatmaps(centres, heatmap_size, sigma, unbiased=unbiased)
+    if annotated is None:
+        return target, visible.float()
+    mu = torch.floor(centres + 0.5)
+    box_on_map = ((mu + 3 * sigma >= 0) & (mu - 3 * sigma <= heatmap_size - 1)).all(dim=-1)
+    return target, (annotated.bool() & box_on_map).float()
+
+
+def target_settings(params: Params, loss: str, heatmap_size: int) -> dict:
+    """Keywords of :func:`make_targets` for ``loss`` (already per dataset): sigma, encoding, weight rule."""
+    tp = params.train
+    return {"input_size": params.model.input_size, "heatmap_size": heatmap_size,
+            "sigma": tp.baseline_sigma if loss == "mse_biased" else tp.sigma,
+            "unbiased": loss != "mse_biased" and tp.target == "unbiased", "box_weight": tp.target_weight == "box"}
+
+
+def lr_factor(step: int, steps_per_epoch: int, tp) -> float:
+    """Learning-rate factor (x ``tp.lr``) after ``step`` optimiser steps, for ``train.schedule``.
+
+    ``linear``: 1 -> ``lr_min / lr`` over all steps (paper 4.2); ``step``: x ``lr_step_factor`` at each epoch
+    of ``lr_steps``; ``cosine``: half a cosine from 1 to ``lr_min / lr`` (the authors' configs). A linear
+    warm-up from ``warmup_ratio`` over the first ``warmup_iters`` steps multiplies any of them (mmcv's).
+
+    >>> from popos.config import TrainSection
+    >>> tp = TrainSection(epochs=60, schedule="step", lr_steps=[40, 55], warmup_iters=0)
+    >>> [round(lr_factor(e * 10, 10, tp), 4) for e in (0, 39, 40, 55)]
+    [1.0, 1.0, 0.1, 0.01]
+    """
+    total = max(1, tp.epochs * steps_per_epoch - 1)
+    end = tp.lr_min / tp.lr
+    if tp.schedule == "linear":
+        factor = 1 + (end - 1) * min(step, total) / total
+    elif tp.schedule == "step":
+        factor = tp.lr_step_factor ** sum(step >= e * steps_per_epoch for e in tp.lr_steps)
+    else:
+        factor = end + (1 - end) * (1 + math.cos(math.pi * min(step, total) / total)) / 2
+    if step < tp.warmup_iters:
+        factor *= 1 - (1 - step / tp.warmup_iters) * (1 - tp.warmup_ratio)
+    return factor
 
 
 def build_loss(params: Params, loss: str) -> nn.Module:
-    """The training criterion: ``mse`` (MA weight 0) or ``mse_ma`` (MA weight ``train.ma_weight``)."""
+    """The training criterion: ``mse`` / ``mse_biased`` (MA weight 0) or ``mse_ma`` (``train.ma_weight``)."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     tp = params.train
-    return LandmarkLoss(ma_weight=tp.ma_weight if loss == "mse_ma" else 0.0, ma_k=tp.ma_k, ma_mask=tp.ma_mask)
+    return LandmarkLoss(ma_weight=tp.ma_weight if loss == "mse_ma" else 0.0, ma_k=tp.ma_k, ma_mask=tp.ma_mask,
+                        ma_anchors=tp.ma_anchors, heatmap=tp.heatmap_loss, huber_delta=tp.huber_delta)
 
 
 def train(
@@ -117,6 +178,7 @@ def train(
     ``device`` ('auto', 'cpu', 'cuda') overrides ``train.device``.
     """
     cfg = run_config(params, dataset, heatmap_size, loss)
+    params = for_dataset(params, dataset)
     dev = resolve_device(device or params.train.device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if params.train.batch_size % world:
@@ -138,7 +200,12 @@ def _train(params: Params, cfg: dict, out_dir: Path, resume: bool, dev: torch.de
     amp = tp.amp and dev.type == "cuda"
     input_size, heatmap_size = params.model.input_size, cfg["heatmap_size"]
     _seed_all(tp.seed)
-    model = build_model(cfg["num_landmarks"], heatmap_size, **params.model.model_dump()).to(dev)
+    model = build_model(cfg["num_landmarks"], heatmap_size, **{**params.model.model_dump(), "pretrained": None})
+    if params.model.pretrained is not None:
+        cfg["pretrained_loaded"] = load_backbone(model, params.model.pretrained, params.data.pretrained_dir)
+        if rank == 0:
+            print(f"popos train: {pretrained_summary(cfg['pretrained_loaded'])}")
+    model = model.to(dev)
     loss_fn = build_loss(params, cfg["loss"])
     train_set = LandmarkDataset(split_dir(params, cfg["dataset"], "train"), input_size=input_size, train=True,
                                 augment=params.augment, seed=tp.seed)
@@ -149,9 +216,8 @@ def _train(params: Params, cfg: dict, out_dir: Path, resume: bool, dev: torch.de
     loader = DataLoader(train_set, batch_size=tp.batch_size // world, sampler=sampler, num_workers=tp.workers,
                         pin_memory=dev.type == "cuda")
     optimizer = torch.optim.Adam(model.parameters(), lr=tp.lr)
-    total_steps = tp.epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=tp.lr_min / tp.lr,
-                                                  total_iters=max(1, total_steps - 1))
+    steps_per_epoch = len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, tp))
     scaler = torch.amp.GradScaler(dev.type, enabled=amp)
 
     ckpt_path = out_dir / "checkpoint.pt"
@@ -183,7 +249,7 @@ def _train(params: Params, cfg: dict, out_dir: Path, resume: bool, dev: torch.de
         train_set.set_epoch(epoch)
         row = _train_epoch(net, loader, loss_fn, optimizer, scheduler, scaler, dev=dev, amp=amp, epoch=epoch,
                            epochs=tp.epochs, world=world, rank=rank, ckpt_path=ckpt_path,
-                           targets={"input_size": input_size, "heatmap_size": heatmap_size, "sigma": tp.sigma})
+                           targets=target_settings(params, cfg["loss"], heatmap_size))
         if rank != 0:
             continue
         if test_set is not None and ((epoch + 1) % tp.eval_every == 0 or epoch + 1 == tp.epochs):
@@ -258,7 +324,10 @@ def _train_epoch(net, loader, loss_fn, optimizer, scheduler, scaler, *, dev, amp
 
 def _batch_loss(net: nn.Module, batch: dict, loss_fn: nn.Module, *, dev, amp: bool, targets: dict):
     images = batch["image"].to(dev, non_blocking=True)
-    target, weight = make_targets(batch["landmarks"].to(dev), batch["visible"].to(dev), **targets)
+    settings = {k: v for k, v in targets.items() if k != "box_weight"}
+    annotated = batch["annotated"].to(dev) if targets.get("box_weight") else None
+    target, weight = make_targets(batch["landmarks"].to(dev), batch["visible"].to(dev), annotated=annotated,
+                                  **settings)
     with torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
         pred = net(images)
     return loss_fn(pred.float(), target, weight)
@@ -366,14 +435,14 @@ def measure_throughput(
     amp = params.train.amp and dev.type == "cuda"
     _seed_all(params.train.seed)
     size, batch_size = params.model.input_size, params.train.batch_size
-    net = build_model(num_landmarks, heatmap_size, **params.model.model_dump()).to(dev).train()
+    net = build_model(num_landmarks, heatmap_size, **{**params.model.model_dump(), "pretrained": None}).to(dev).train()
     loss_fn = build_loss(params, loss)
     optimizer = torch.optim.Adam(net.parameters(), lr=params.train.lr)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp)
     batch = {"image": torch.randn(batch_size, 3, size, size, device=dev),
              "landmarks": torch.rand(batch_size, num_landmarks, 2, device=dev) * (size - 1),
              "visible": torch.ones(batch_size, num_landmarks, dtype=torch.bool, device=dev)}
-    targets = {"input_size": size, "heatmap_size": heatmap_size, "sigma": params.train.sigma}
+    targets = target_settings(params, loss, heatmap_size)
     for i in range(warmup + steps):
         if i == warmup:
             if dev.type == "cuda":

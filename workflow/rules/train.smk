@@ -1,13 +1,34 @@
 # Training: one model per dataset x heatmap size x loss, plus the MA-weight sweep's extra models.
-# Their params trigger carries only the knobs the weights depend on (common.smk, train_knobs).
+# Their params trigger carries only the knobs the weights depend on (common.smk, train_knobs), and their
+# code inputs only the code the weights depend on: the decoders (and evaluate, which runs them) serve the
+# per-epoch test NME of the training log, so a decoder change re-runs evaluations, not training.
 
-TRAIN_CODE = code("train")
+TRAIN_CODE = code("train", skip=("decoders", "evaluate"))
+PRETRAINED = []
+if P.model.pretrained is not None:
+    from popos.pretrained import SOURCES, local_path
+
+    if P.model.pretrained in SOURCES:
+        PRETRAINED = [str(local_path(P.data.pretrained_dir, SOURCES[P.model.pretrained]))]
+
+        rule fetch_pretrained:
+            """The pinned ImageNet backbone, downloaded once for every training job."""
+            output:
+                PRETRAINED[0],
+            log:
+                R.root / "logs" / "fetch_pretrained.log",
+            shell:
+                "popos model fetch-pretrained {PARAMS_ARGS} > {log} 2>&1"
+
+    else:
+        PRETRAINED = [P.model.pretrained]
 
 
 rule train:
     input:
         unpack(lambda wc: split_inputs(wc.dataset, "train")),
         code=TRAIN_CODE,
+        pretrained=PRETRAINED,
     output:
         checkpoint=R.checkpoint("{dataset}_{size}_{loss}"),
         log=R.model_dir("{dataset}_{size}_{loss}") / "train_log.csv",
@@ -31,6 +52,7 @@ rule train_ma_weight:
     input:
         unpack(lambda wc: split_inputs(wc.dataset, "train")),
         code=TRAIN_CODE,
+        pretrained=PRETRAINED,
     output:
         checkpoint=R.checkpoint("{dataset}_{size}_mse_ma_w{weight}"),
         log=R.model_dir("{dataset}_{size}_mse_ma_w{weight}") / "train_log.csv",
