@@ -168,6 +168,10 @@ class TrainSection(Section):
     def _lr_decays(self) -> TrainSection:
         if self.lr_min > self.lr:
             raise ValueError(f"lr_min ({self.lr_min}) must not exceed lr ({self.lr})")
+        if self.save_best != "none" and not self.eval_every:
+            raise ValueError(f"save_best {self.save_best!r} needs eval_every > 0 (the epochs it compares)")
+        if self.save_best == "val" and not self.val_fraction:
+            raise ValueError("save_best 'val' needs val_fraction > 0 (a validation split)")
         for dataset, override in self.per_dataset.items():
             if "per_dataset" in override:
                 raise ValueError(f"per_dataset.{dataset}: per_dataset cannot nest")
@@ -203,9 +207,10 @@ class EvaluateSection(Section):
     batch_size: int = Field(default=64, ge=1, description="faces per forward pass")
     fr_threshold: float = Field(default=0.1, gt=0, description="failure threshold (NME) for FR and AUC")
     save_heatmaps: bool = Field(default=True, description="keep float16 test heatmaps for decoder ablations")
-    checkpoint: Literal["last", "best_val"] = Field(
-        default="last", description="weights evaluated: the last epoch, or the epoch of lowest validation NME "
-        "(needs train.val_fraction > 0 and train.save_best: val)")
+    checkpoint: Literal["last", "best_val", "best_test"] = Field(
+        default="last", description="weights evaluated: the last epoch, or best.pt, the epoch of lowest POPoS NME "
+        "on the validation split (best_val: train.save_best val) or on the test set (best_test: train.save_best "
+        "test, the authors' choice; its tables are marked 'checkpoint selected on the test set')")
 
 
 class OracleSection(Section):
@@ -315,8 +320,9 @@ class Params(Section):
         for needed, user in (("popos", "Table 1"), (self.sweeps.method, "sweeps.method")):
             if needed not in self.decode.methods:
                 problems.append(f"decode.methods {self.decode.methods} lacks {needed!r} ({user} uses it)")
-        if self.evaluate.checkpoint == "best_val" and not (self.train.save_best == "val" and self.train.val_fraction):
-            problems.append("evaluate.checkpoint best_val needs train.save_best: val and train.val_fraction > 0")
+        if self.evaluate.checkpoint != "last" and self.evaluate.checkpoint != f"best_{self.train.save_best}":
+            problems.append(f"evaluate.checkpoint {self.evaluate.checkpoint} needs train.save_best: "
+                            f"{self.evaluate.checkpoint.removeprefix('best_')}")
         too_many = [k for k in self.sweeps.anchors if k > self.sweeps.heatmap_size**2]
         if too_many:
             problems.append(f"sweeps.anchors {too_many} exceed the {self.sweeps.heatmap_size}^2 heatmap pixels")

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from popos.codec import encode_heatmaps
@@ -41,16 +41,8 @@ from popos.config import Params
 from popos.data.dataset import LandmarkDataset
 from popos.data.prepared import PreparedSplit
 from popos.data.registry import get_dataset
-from popos.evaluate import (
-    CHECKPOINT_FORMAT,
-    load_checkpoint,
-    nme_table,
-    predict_split,
-    resolve_device,
-    resolve_variants,
-    split_dir,
-    summarize_table,
-)
+from popos.errors import UserError
+from popos.evaluate import CHECKPOINT_FORMAT, load_checkpoint, resolve_device, split_dir
 from popos.geometry import stride
 from popos.io import atomic_path
 from popos.losses import LandmarkLoss
@@ -207,8 +199,10 @@ def _train(params: Params, cfg: dict, out_dir: Path, resume: bool, dev: torch.de
             print(f"popos train: {pretrained_summary(cfg['pretrained_loaded'])}")
     model = model.to(dev)
     loss_fn = build_loss(params, cfg["loss"])
-    train_set = LandmarkDataset(split_dir(params, cfg["dataset"], "train"), input_size=input_size, train=True,
-                                augment=params.augment, seed=tp.seed)
+    full_train = LandmarkDataset(split_dir(params, cfg["dataset"], "train"), input_size=input_size, train=True,
+                                 augment=params.augment, seed=tp.seed)
+    train_idx, val_idx = validation_split(len(full_train), tp.val_fraction, tp.seed)
+    train_set = Subset(full_train, train_idx.tolist()) if len(val_idx) else full_train
     if len(train_set) < world:
         raise ValueError(f"{train_set.split_dir}: {len(train_set)} training faces, fewer than the {world} processes")
     # One sampler for one or many processes: its shuffle depends only on (seed, epoch), which resume needs.
@@ -237,28 +231,40 @@ def _train(params: Params, cfg: dict, out_dir: Path, resume: bool, dev: torch.de
     start = len(history)
 
     net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None) if world > 1 else model
-    test_set = None
+    monitored = {}  # split name -> (faces, their prepared split, the faces' rows in it)
     if rank == 0 and tp.eval_every:
-        test_set = LandmarkDataset(split_dir(params, cfg["dataset"], "test"), input_size=input_size, train=False,
-                                   augment=params.augment, seed=tp.seed)
+        test_dir = split_dir(params, cfg["dataset"], "test")
+        test_set = LandmarkDataset(test_dir, input_size=input_size, train=False, augment=params.augment, seed=tp.seed)
+        monitored["test"] = (test_set, test_dir, np.arange(len(test_set)))
+        if len(val_idx):
+            val_set = LandmarkDataset(full_train.split_dir, input_size=input_size, train=False,
+                                      augment=params.augment, seed=tp.seed)
+            monitored["val"] = (_Rows(val_set, val_idx), full_train.split_dir, val_idx)
     live = _live(out_dir / "dvclive", resume=start > 0) if rank == 0 else None
     if live is not None and start == 0:
         live.log_params(cfg)
     for epoch in range(start, tp.epochs):
         sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
+        full_train.set_epoch(epoch)
         row = _train_epoch(net, loader, loss_fn, optimizer, scheduler, scaler, dev=dev, amp=amp, epoch=epoch,
                            epochs=tp.epochs, world=world, rank=rank, ckpt_path=ckpt_path,
                            targets=target_settings(params, cfg["loss"], heatmap_size))
         if rank != 0:
             continue
-        if test_set is not None and ((epoch + 1) % tp.eval_every == 0 or epoch + 1 == tp.epochs):
-            row.update(_quick_nme(model, test_set, params, cfg, amp))
+        if monitored and ((epoch + 1) % tp.eval_every == 0 or epoch + 1 == tp.epochs):
+            for split, (faces, folder, rows) in monitored.items():
+                prefix = "nme" if split == "test" else f"{split}_nme"
+                row.update({k.replace("nme", prefix, 1): v
+                            for k, v in _quick_nme(model, faces, folder, rows, params, amp).items()})
         history.append(row)
         ckpt = {"format_version": CHECKPOINT_FORMAT, "config": cfg, "epoch": epoch + 1, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": _rng_state(), "history": history}
         _record_epoch(out_dir, ckpt, live)
+        if is_best_epoch(history, tp.save_best):
+            with atomic_path(out_dir / "best.pt") as tmp:
+                torch.save(_to_cpu({**ckpt, "selected_on": tp.save_best, "selected_by": BEST_METRIC[tp.save_best]}),
+                           tmp)
     if live is not None:
         live.end()
     if world > 1:
@@ -340,14 +346,60 @@ def _optimise(total: Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp
     scaler.update()
 
 
-def _quick_nme(model: nn.Module, test_set, params: Params, cfg: dict, amp: bool) -> dict:
-    """Test NME (no flip test) of the one_hot and popos decoders: {'nme_one_hot': ..., 'nme_popos': ...}."""
-    loader = DataLoader(test_set, batch_size=params.evaluate.batch_size, num_workers=params.train.workers)
+def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training faces ``0..n-1`` -> (train rows, validation rows), sorted; ``round(fraction * n)`` faces (at
+    least 1 when ``fraction > 0``) drawn with ``seed``, so a run and its resume hold out the same faces.
+
+    >>> [r.tolist() for r in validation_split(5, 0.4, seed=0)]
+    [[1, 2, 3], [0, 4]]
+    """
+    if not fraction:
+        return np.arange(n), np.arange(0)
+    n_val = max(1, round(fraction * n))
+    if n_val >= n:
+        raise UserError(f"train.val_fraction {fraction} leaves no training faces of {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+#: the per-epoch NME column that picks best.pt for train.save_best
+BEST_METRIC = {"val": "val_nme_popos", "test": "nme_popos"}
+
+
+def is_best_epoch(history: list[dict], save_best: str) -> bool:
+    """Whether the last epoch of ``history`` has the lowest ``BEST_METRIC[save_best]`` so far (ties: the earlier)."""
+    if save_best == "none" or BEST_METRIC[save_best] not in history[-1]:
+        return False
+    values = [row[BEST_METRIC[save_best]] for row in history if BEST_METRIC[save_best] in row]
+    return values[-1] < min(values[:-1], default=math.inf)
+
+
+class _Rows(torch.utils.data.Dataset):
+    """Faces ``rows`` of ``dataset`` as faces ``0..len(rows)-1`` (their ``index`` renumbered to match)."""
+
+    def __init__(self, dataset, rows: np.ndarray) -> None:
+        self.dataset, self.rows = dataset, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.dataset[int(self.rows[i])], "index": torch.tensor(i, dtype=torch.int64)}
+
+
+def _quick_nme(model: nn.Module, faces, folder: Path, rows: np.ndarray, params: Params, amp: bool) -> dict:
+    """NME (no flip test) of the one_hot and popos decoders on ``faces`` (rows ``rows`` of the prepared
+    split in ``folder``): {'nme_one_hot': ..., 'nme_popos': ...}. Logging only: the weights never depend on
+    it, so the decoders are not among the training job's code inputs (workflow/rules/train.smk)."""
+    from popos.evaluate import nme_table, predict_split, resolve_variants, summarize_table
+
+    loader = DataLoader(faces, batch_size=params.evaluate.batch_size, num_workers=params.train.workers)
     variants = resolve_variants(QUICK_DECODERS, params.decode.popos)
     preds = predict_split(model, loader, variants, input_size=params.model.input_size, sigma=params.decode.sigma,
                           amp=amp)
-    gt = PreparedSplit.open(split_dir(params, cfg["dataset"], "test"))
-    summary = summarize_table(nme_table(preds, gt.landmarks, gt.norm, gt.visible), params.evaluate.fr_threshold)
+    gt = PreparedSplit.open(folder)
+    table = nme_table(preds, gt.landmarks[rows], gt.norm[rows], gt.visible[rows])
+    summary = summarize_table(table, params.evaluate.fr_threshold)
     return {f"nme_{r.method}": r.nme for r in summary.itertuples()}
 
 

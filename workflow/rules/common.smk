@@ -95,7 +95,8 @@ def eval_outputs(run, extra=()):
 def eval_inputs(wildcards):
     """The test split of the run's dataset and its checkpoint."""
     run = f"{wildcards.dataset}_{wildcards.size}_{wildcards.run}"
-    return {**split_inputs(wildcards.dataset, "test"), "checkpoint": R.checkpoint(run)}
+    weights = R.checkpoint(run) if P.evaluate.checkpoint == "last" else R.model_dir(run) / "best.pt"
+    return {**split_inputs(wildcards.dataset, "test"), "checkpoint": weights}
 
 
 def train_knobs(wildcards, ma_weight_in_name=False):

@@ -5,6 +5,13 @@
 
 TRAIN_CODE = code("train", skip=("decoders", "evaluate"))
 PRETRAINED = []
+
+
+def best_output(folder):
+    """best.pt, the epoch train.save_best selects, as an output where it is written."""
+    return {"best": folder / "best.pt"} if P.train.save_best != "none" else {}
+
+
 if P.model.pretrained is not None:
     from popos.pretrained import SOURCES, local_path
 
@@ -32,6 +39,7 @@ rule train:
     output:
         checkpoint=R.checkpoint("{dataset}_{size}_{loss}"),
         log=R.model_dir("{dataset}_{size}_{loss}") / "train_log.csv",
+        **best_output(R.model_dir("{dataset}_{size}_{loss}")),
     params:
         out=lambda wc, output: Path(output.checkpoint).parent,
         knobs=train_knobs,
@@ -56,6 +64,7 @@ rule train_ma_weight:
     output:
         checkpoint=R.checkpoint("{dataset}_{size}_mse_ma_w{weight}"),
         log=R.model_dir("{dataset}_{size}_mse_ma_w{weight}") / "train_log.csv",
+        **best_output(R.model_dir("{dataset}_{size}_mse_ma_w{weight}")),
     params:
         out=lambda wc, output: Path(output.checkpoint).parent,
         knobs=lambda wc: train_knobs(wc, ma_weight_in_name=True),
