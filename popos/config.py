@@ -66,6 +66,27 @@ class SynthSection(Section):
     seed: int = Field(default=0, description="face i of a split is the same for a given seed, whatever the sizes")
 
 
+def _for_dataset(section: Section, dataset: str) -> Section:
+    """``section`` with its ``per_dataset[dataset]`` overrides applied, validated (errors name the dataset)."""
+    override = section.per_dataset.get(dataset, {})
+    if not override:
+        return section
+    try:
+        return type(section).model_validate({**section.model_dump(), **override, "per_dataset": {}})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ValueError(f"per_dataset.{dataset}{'.' + where if where else ''}: "
+                         f"{err['msg'].removeprefix('Value error, ')}") from None
+
+
+def _check_per_dataset(section: Section) -> None:
+    for dataset, override in section.per_dataset.items():
+        if "per_dataset" in override:
+            raise ValueError(f"per_dataset.{dataset}: per_dataset cannot nest")
+        section.for_dataset(dataset)
+
+
 class AugmentSection(Section):
     """Training-time augmentation (paper section 4.2, the mmpose settings of KeyPosS/POPoS); one affine warp."""
 
@@ -77,13 +98,19 @@ class AugmentSection(Section):
     scale_min: float = Field(default=0.75, gt=0, description="smallest crop-side factor (> 1 zooms out)")
     scale_max: float = Field(default=1.25, gt=0, description="largest crop-side factor")
     translate: float = Field(default=0.05, ge=0, description="max shift as a fraction of the input size")
+    translate_prob: float = Field(default=1.0, ge=0, le=1, description="probability of the shift (the authors' "
+                                  "COCO-WholeBody box-centre shift: translate 0.16, probability 0.3)")
     color_jitter: float = Field(default=0.2, ge=0, le=1,
                                 description="max relative change of brightness, contrast and saturation")
+    per_dataset: dict[DatasetName, dict[str, Any]] = Field(
+        default_factory=dict, description="augment.* overrides per dataset, e.g. {cocowb_face: {translate: 0.16}}")
+    for_dataset = _for_dataset
 
     @model_validator(mode="after")
     def _scale_range(self) -> AugmentSection:
         if self.scale_min > self.scale_max:
             raise ValueError(f"scale_min ({self.scale_min}) must not exceed scale_max ({self.scale_max})")
+        _check_per_dataset(self)
         return self
 
 
@@ -157,6 +184,7 @@ class TrainSection(Section):
         "('val') or on the test set ('test': the authors' save_best='NME'; tables then say so)")
     per_dataset: dict[DatasetName, dict[str, Any]] = Field(
         default_factory=dict, description="train.* overrides per dataset, e.g. {cofw: {epochs: 210}}")
+    for_dataset = _for_dataset
     workers: int = Field(default=2, ge=0, description="data-loader worker processes")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(default=True, description="mixed precision on CUDA")
@@ -172,21 +200,8 @@ class TrainSection(Section):
             raise ValueError(f"save_best {self.save_best!r} needs eval_every > 0 (the epochs it compares)")
         if self.save_best == "val" and not self.val_fraction:
             raise ValueError("save_best 'val' needs val_fraction > 0 (a validation split)")
-        for dataset, override in self.per_dataset.items():
-            if "per_dataset" in override:
-                raise ValueError(f"per_dataset.{dataset}: per_dataset cannot nest")
-            self.for_dataset(dataset)
+        _check_per_dataset(self)
         return self
-
-    def for_dataset(self, dataset: str) -> TrainSection:
-        """This section with ``per_dataset[dataset]`` applied (validated; an error names the dataset)."""
-        override = self.per_dataset.get(dataset, {})
-        if not override:
-            return self
-        try:
-            return TrainSection.model_validate({**self.model_dump(), **override, "per_dataset": {}})
-        except ValidationError as exc:
-            raise ValueError(f"per_dataset.{dataset}: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
 
 
 class DecodeSection(Section):

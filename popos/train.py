@@ -77,8 +77,8 @@ def run_config(params: Params, dataset: str, heatmap_size: int, loss: str) -> di
 
 
 def for_dataset(params: Params, dataset: str) -> Params:
-    """``params`` with ``train.per_dataset[dataset]`` applied to its train section."""
-    return params.model_copy(update={"train": params.train.for_dataset(dataset)})
+    """``params`` with the ``per_dataset[dataset]`` overrides of its train and augment sections applied."""
+    return params.model_copy(update={name: getattr(params, name).for_dataset(dataset) for name in ("train", "augment")})
 
 
 def make_targets(

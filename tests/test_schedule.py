@@ -69,6 +69,23 @@ def test_per_dataset_overrides_and_their_errors():
         load_params(overrides=["evaluate.checkpoint=best_test"])
 
 
+def test_shift_probability_and_per_dataset_augmentation():
+    from popos.data.transforms import sample_augmentation
+
+    p = load_params(overrides=["augment.per_dataset={cocowb_face: {translate: 0.16, translate_prob: 0.3}}"])
+    coco, other = p.augment.for_dataset("cocowb_face"), p.augment.for_dataset("wflw")
+    assert other == p.augment and coco.translate == 0.16
+    shifts = [sample_augmentation(np.random.default_rng(i), coco).shift for i in range(400)]
+    shifted = np.mean([s != (0.0, 0.0) for s in shifts])
+    assert 0.22 < shifted < 0.38 and max(max(abs(v) for v in s) for s in shifts) <= 0.16
+    # probability 1 draws nothing extra: the random stream (and so the demo) is what it was
+    rng, reference = np.random.default_rng(0), np.random.default_rng(0)
+    sample_augmentation(rng, p.augment)
+    # flip, rotation, its probability, scale, shift (2), colour (3): the draws before translate_prob existed
+    reference.random(), reference.normal(), reference.random(), reference.normal(), reference.uniform(size=5)
+    assert rng.random() == reference.random()
+
+
 def test_validation_split_is_seeded_and_disjoint():
     train_rows, val_rows = validation_split(100, 0.1, seed=3)
     assert len(val_rows) == 10 and len(train_rows) == 90

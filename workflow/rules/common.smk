@@ -102,13 +102,15 @@ def eval_inputs(wildcards):
 def train_knobs(wildcards, ma_weight_in_name=False):
     """The knobs a model depends on: not where it runs, not the MA settings of an MSE-only model, not
     the MA weight that the run's name carries."""
-    drop = ["train.workers", "train.device", "train.per_dataset"]  # per_dataset: applied below, to this dataset
+    drop = ["train.workers", "train.device", "train.per_dataset", "augment.per_dataset"]  # applied below
     if wildcards.get("loss") in ("mse", "mse_biased"):
         drop += ["train.ma_weight", "train.ma_k", "train.ma_mask", "train.ma_anchors"]
     if ma_weight_in_name:
         drop.append("train.ma_weight")
-    out = json.loads(knobs("model", "augment", "data.crop_size", "data.padding"))
-    out["train"] = P.train.for_dataset(wildcards.dataset).model_dump(mode="json")
+    out = json.loads(knobs("model", "data.crop_size", "data.padding"))
+    for name in ("train", "augment"):  # as this dataset's model sees them
+        out[name] = getattr(P, name).for_dataset(wildcards.dataset).model_dump(mode="json")
     for key in drop:
-        out["train"].pop(key.split(".")[1], None)
+        section, _, field = key.partition(".")
+        out[section].pop(field, None)
     return json.dumps(out, sort_keys=True)
