@@ -11,7 +11,7 @@ Why timm's ``hrnet_w18.ms_aug_in1k``: the authors' ``hrnetv2_w18-00eb2006.pth`` 
 without a published checksum beyond its 8-digit prefix, while the Hugging Face Hub serves timm's
 HRNet-W18-C (ImageNet-1k, trained by the HRNet authors, MIT licence) as safetensors (no code runs on load)
 at an immutable commit. Its backbone has exactly our names and shapes at width 18 (``stages.*`` =
-``stage2-4``, see :func:`popos.models.hrnet.pretrained_key`). A local file in mmpose, official or timm
+``stage2-4``, see :func:`pretrained_key`). A local file in mmpose, official or timm
 naming (e.g. the authors' ``.pth``) can be given as a path instead.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
+import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -30,7 +31,6 @@ from torch import Tensor, nn
 
 from popos.errors import UserError
 from popos.io import atomic_path
-from popos.models.hrnet import pretrained_key
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,26 @@ IMAGENET = PretrainedSource(
     sha256=None,
 )
 SOURCES = {"imagenet": IMAGENET}
+
+
+_PREFIXES = ("module.", "backbone.", "model.")
+_RENAMES = (
+    (re.compile(r"^transition(\d+)\."), lambda m: f"transitions.{int(m.group(1)) - 1}."),
+    (re.compile(r"^stage(\d+)\."), lambda m: f"stages.{int(m.group(1)) - 2}."),
+)
+
+
+def pretrained_key(key: str) -> str:
+    """Map an mmpose (``backbone.`` prefix) / official / timm HRNet tensor name onto :mod:`popos.models.hrnet`'s.
+
+    >>> pretrained_key("backbone.stage3.1.fuse_layers.2.0.1.0.weight")
+    'stages.1.1.fuse_layers.2.0.1.0.weight'
+    """
+    for prefix in _PREFIXES:
+        key = key.removeprefix(prefix)
+    for pattern, repl in _RENAMES:
+        key = pattern.sub(repl, key)
+    return key
 
 
 def sha256_of(path: str | Path) -> str:

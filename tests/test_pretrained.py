@@ -84,3 +84,24 @@ def test_offline_message_names_the_file_and_where_to_put_it(tmp_path, capsys):
     assert pretrained.IMAGENET.url in err and str(tmp_path / pretrained.IMAGENET.local_name) in err
     with pytest.raises(UserError, match="popos model fetch-pretrained"):  # a training job never downloads
         pretrained.load_backbone(build_model(98, 64), "imagenet", tmp_path)
+
+
+def test_training_logs_and_saves_what_it_loaded(served, tmp_path, monkeypatch, capsys):
+    from test_train import write_tiny_dataset
+
+    from popos.config import load_params
+    from popos.train import train
+
+    weights = tmp_path / "weights"
+    pretrained.fetch(weights, served["source"], url=served["url"])
+    monkeypatch.setitem(pretrained.SOURCES, "imagenet", served["source"])
+    root = write_tiny_dataset(tmp_path / "prepared", n_train=8)
+    params = load_params(overrides=[f"data.prepared_dir={root}", f"data.pretrained_dir={weights}",
+                                    "model.input_size=32", "train.epochs=1", "train.batch_size=8", "train.workers=0",
+                                    "train.eval_every=0", "augment.rotation_prob=0"])
+    train(params, "synth", 8, "mse", tmp_path / "run", device="cpu")
+    loaded = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["config"]["pretrained_loaded"]
+    n = len(pretrained.backbone_names(build_model(68, 8, input_size=32)))
+    assert loaded["tensors"] == loaded["of_backbone"] == n and loaded["sha256"] == served["source"].sha256
+    assert loaded["parameters"] > 9_000_000  # HRNetV2-W18's backbone
+    assert f"{n} of {n} backbone tensors ({loaded['parameters']:,} parameters) loaded" in capsys.readouterr().out
