@@ -163,6 +163,8 @@ class TrainSection(Section):
     heatmap_loss: Literal["mse", "huber"] = Field(default="mse", description="heatmap term: MSE, or Huber (the "
                                                   "authors' COCO-WholeBody face loss)")
     huber_delta: float = Field(default=0.6, gt=0, description="Huber threshold, heatmap value units")
+    ot_weight: float = Field(default=0.0, ge=0, description="weight of the authors' Sinkhorn term (geomloss; "
+                             "popos.losses.sinkhorn_term); 0 = off, as the paper")
     schedule: Literal["linear", "step", "cosine"] = Field(
         default="linear", description="lr per step: linear lr -> lr_min (paper 4.2); step: x lr_step_factor at "
         "each of lr_steps (epochs); cosine: lr -> lr_min (the authors' configs)")

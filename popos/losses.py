@@ -122,6 +122,25 @@ def heatmap_huber(pred: Tensor, target: Tensor, weight: Tensor | None = None, de
     return (w * nn.functional.huber_loss(pred, target, reduction="none", delta=delta)).mean()
 
 
+def sinkhorn_term(pred: Tensor, target: Tensor) -> Tensor:
+    """The authors' optimal-transport term (teslatasy/POPoS ``JointsMSELoss``), mean over landmarks.
+
+    Per landmark ``j``, the debiased Sinkhorn divergence (geomloss ``SamplesLoss("sinkhorn", p=2,
+    blur=sqrt(0.1))``, cost ``|x - y|^2 / 2``) between the B predicted and the B target maps of the batch
+    taken as two clouds of B points in ``R^(H W)``; no target weight. With one face it is
+    ``sum over pixels of (pred - target)^2 / 2``. Needs the ``geomloss`` package (``pip install geomloss``).
+    """
+    try:
+        from geomloss import SamplesLoss
+    except ImportError:
+        raise ImportError("train.ot_weight > 0 needs geomloss: pip install geomloss") from None
+    _checked_weight(pred, target, None)
+    b, k = pred.shape[:2]
+    ot = SamplesLoss("sinkhorn", p=2, blur=0.1**0.5, backend="tensorized")
+    clouds = [m.reshape(b, k, -1).transpose(0, 1).contiguous() for m in (pred, target)]  # [K, B, H W] each
+    return ot(*clouds).mean()
+
+
 class LandmarkLoss(nn.Module):
     """``L = L_MSE + ma_weight * L_MA`` (paper section 3.1, Eq. 1); ``ma_weight = 0`` is plain heatmap MSE.
 
@@ -129,7 +148,8 @@ class LandmarkLoss(nn.Module):
     landmark and face (:func:`heatmap_mse`, as mmpose's ``JointsMSELoss``); ``L_MA`` sums the masked L2
     norms over the landmarks of a face and averages over faces (:func:`ma_loss`, as Eq. 1). ``ma_weight``
     is therefore the paper's ``w`` (its best: 6, Figure 5d). ``heatmap="huber"`` replaces the MSE term by
-    :func:`heatmap_huber` (``huber_delta``), the authors' COCO-WholeBody loss.
+    :func:`heatmap_huber` (``huber_delta``), the authors' COCO-WholeBody loss; ``ot_weight > 0`` adds their
+    Sinkhorn term (:func:`sinkhorn_term`, reported as ``parts["ot"]``).
 
     ``forward(pred, target, weight)`` returns ``(total, parts)`` with ``parts = {"mse", "ma"}`` detached for
     logging (``"mse"`` is the heatmap term, Huber included). The MA term is computed for logging even when
@@ -145,6 +165,7 @@ class LandmarkLoss(nn.Module):
         ma_anchors: AnchorTable = "authors",
         heatmap: HeatmapLoss = "mse",
         huber_delta: float = 0.6,
+        ot_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if ma_weight < 0:
@@ -153,6 +174,8 @@ class LandmarkLoss(nn.Module):
             raise ValueError(f"ma_mask must be one of {MASK_SOURCES}, got {ma_mask!r}")
         if ma_anchors not in ANCHOR_TABLES:
             raise ValueError(f"ma_anchors must be one of {ANCHOR_TABLES}, got {ma_anchors!r}")
+        if ot_weight < 0:
+            raise ValueError(f"ot_weight must be >= 0, got {ot_weight}")
         if heatmap not in HEATMAP_LOSSES:
             raise ValueError(f"heatmap must be one of {HEATMAP_LOSSES}, got {heatmap!r}")
         self.ma_weight = float(ma_weight)
@@ -161,6 +184,7 @@ class LandmarkLoss(nn.Module):
         self.ma_anchors = ma_anchors
         self.heatmap = heatmap
         self.huber_delta = float(huber_delta)
+        self.ot_weight = float(ot_weight)
 
     def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """``pred``, ``target`` ``[B, K, H, W]``, ``weight`` ``[B, K]`` -> (scalar loss, ``{"mse", "ma"}``)."""
@@ -171,8 +195,14 @@ class LandmarkLoss(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.ma_weight > 0):
             ma = ma_loss(pred, target, weight, k=self.ma_k, mask=self.ma_mask, anchors=self.ma_anchors)
         total = mse + self.ma_weight * ma if self.ma_weight > 0 else mse
-        return total, {"mse": mse.detach(), "ma": ma.detach()}
+        parts = {"mse": mse.detach(), "ma": ma.detach()}
+        if self.ot_weight > 0:
+            ot = sinkhorn_term(pred, target)
+            total = total + self.ot_weight * ot
+            parts["ot"] = ot.detach()
+        return total, parts
 
     def extra_repr(self) -> str:
         return (f"ma_weight={self.ma_weight}, ma_k={self.ma_k}, ma_mask={self.ma_mask!r}, "
-                f"ma_anchors={self.ma_anchors!r}, heatmap={self.heatmap!r}, huber_delta={self.huber_delta}")
+                f"ma_anchors={self.ma_anchors!r}, heatmap={self.heatmap!r}, huber_delta={self.huber_delta}, "
+                f"ot_weight={self.ot_weight}")

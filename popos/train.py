@@ -147,7 +147,8 @@ def build_loss(params: Params, loss: str) -> nn.Module:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     tp = params.train
     return LandmarkLoss(ma_weight=tp.ma_weight if loss == "mse_ma" else 0.0, ma_k=tp.ma_k, ma_mask=tp.ma_mask,
-                        ma_anchors=tp.ma_anchors, heatmap=tp.heatmap_loss, huber_delta=tp.huber_delta)
+                        ma_anchors=tp.ma_anchors, heatmap=tp.heatmap_loss, huber_delta=tp.huber_delta,
+                        ot_weight=tp.ot_weight)
 
 
 def train(

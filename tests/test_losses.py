@@ -166,3 +166,15 @@ def test_huber_heatmap_term():
     assert total.item() == pytest.approx((0.125 + 1.02) / 4) and parts["mse"].item() == total.item()
     with pytest.raises(ValueError, match="heatmap must be one of"):
         LandmarkLoss(heatmap="l1")
+
+
+def test_sinkhorn_term_on_one_face_is_half_the_squared_distance():
+    pytest.importorskip("geomloss")
+    pred, target = _maps(8, shape=(1, 3, 4, 4))
+    expected = ((pred - target) ** 2).sum((-2, -1)).mean() / 2  # a Dirac to a Dirac: cost |x - y|^2 / 2
+    total, parts = LandmarkLoss(ot_weight=1.0)(pred, target)
+    assert parts["ot"].item() == pytest.approx(expected.item(), rel=1e-4)
+    assert total.item() == pytest.approx(parts["mse"].item() + expected.item(), rel=1e-4)
+    pred, target = _maps(9, shape=(4, 2, 4, 4))  # a batch: no more than the cost of the identity pairing
+    pairing = ((pred - target) ** 2).sum((-2, -1)).mean() / 2
+    assert 0 < LandmarkLoss(ot_weight=1.0)(pred, target)[1]["ot"].item() <= pairing.item() + 1e-4
