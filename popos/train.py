@@ -352,7 +352,7 @@ def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np
     least 1 when ``fraction > 0``) drawn with ``seed``, so a run and its resume hold out the same faces.
 
     >>> [r.tolist() for r in validation_split(5, 0.4, seed=0)]
-    [[1, 2, 3], [0, 4]]
+    [[0, 1, 3], [2, 4]]
     """
     if not fraction:
         return np.arange(n), np.arange(0)
