@@ -45,8 +45,9 @@ def test_the_demo_trains_slim_models_from_scratch():
     assert p.model.pretrained is None and p.model.width < 18
 
 
-def _jobs(project: Path, *configfiles: Path) -> dict[str, int]:
-    args = [str(BIN / "snakemake"), "-n", "--cores", "1", "--quiet", "rules"]
+def _jobs(project: Path, *configfiles: Path) -> tuple[dict[str, int], str]:
+    """Jobs per rule of a dry run, and its output."""
+    args = [str(BIN / "snakemake"), "-n", "--cores", "1"]
     for f in configfiles:
         args += ["--configfile", str(f.relative_to(ROOT))]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
@@ -60,7 +61,7 @@ def _jobs(project: Path, *configfiles: Path) -> dict[str, int]:
             break
         rule, count = line.split()
         counts[rule] = int(count)
-    return counts
+    return counts, proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def project(tmp_path_factory):
 @pytest.mark.parametrize("configs", [PAPER, AUTHORS, DEMO], ids=["paper", "authors", "demo"])
 def test_dry_run_lists_exactly_the_jobs_of_each_config(project, configs):
     p = load_params(*configs)
-    jobs = _jobs(project, *configs[1:])
+    jobs, out = _jobs(project, *configs[1:])
     grid = len(p.grid.datasets) * len(p.grid.heatmap_sizes) * len(p.grid.losses)
     extra = [w for w in p.sweeps.ma_weight if w not in (0, p.train.ma_weight)]
     assert jobs["train"] == grid and jobs.get("train_ma_weight", 0) == len(extra)
@@ -89,3 +90,5 @@ def test_dry_run_lists_exactly_the_jobs_of_each_config(project, configs):
     fixed = 4  # model_info, sweep_decoders, report, all
     expected = grid + 2 * len(extra) + grid + (p.model.pretrained == "imagenet") + data + oracle + bench + fixed
     assert jobs["total"] == expected  # paper 131, authors 121 (25 of them the baseline models), demo 29
+    evaluated = [line for line in out.split("\nrule evaluate")[1].splitlines() if "input:" in line][0]
+    assert ("/best.pt" in evaluated) == (p.evaluate.checkpoint != "last")  # authors: the test-selected epoch
