@@ -115,9 +115,21 @@ def _model_info(args):
     print_model_table(num_landmarks=args.num_landmarks, out=Path(args.out) if args.out else None, **knobs)
 
 
+def _fetch_pretrained(args):
+    from popos.pretrained import fetch
+
+    print(fetch(args.dir or _params(args).data.pretrained_dir, url=args.url))
+
+
 def _add_model(sub) -> None:
-    model = sub.add_parser("model", help="inspect the lightweight HRNet")
-    msub = model.add_subparsers(dest="model_cmd", required=True, metavar="{info}")
+    model = sub.add_parser("model", help="inspect the lightweight HRNet; fetch its ImageNet weights")
+    msub = model.add_subparsers(dest="model_cmd", required=True, metavar="{info,fetch-pretrained}")
+    p = msub.add_parser("fetch-pretrained", help="download the pinned ImageNet HRNet-W18 (model.pretrained: imagenet) "
+                        "once into data.pretrained_dir and verify its checksum; prints its path")
+    _add_params(p)
+    p.add_argument("--dir", help="target folder (default: data.pretrained_dir)")
+    p.add_argument("--url", help="download from this address instead of the Hugging Face Hub (a mirror)")
+    p.set_defaults(func=_fetch_pretrained)
     p = msub.add_parser(
         "info", help="parameters and GFLOPs (measured) for each heatmap size, of the model in params (model:)"
     )
@@ -277,10 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from popos.config import ParamsError
+    from popos.errors import UserError
 
     try:
         args.func(args)
-    except (ParamsError, ValueError, FileNotFoundError) as exc:
+    except (ParamsError, UserError, ValueError, FileNotFoundError) as exc:
         print(f"popos {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

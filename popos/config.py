@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 HeatmapSize = Literal[64, 32, 16, 8, 4]
 # Keep in step with popos.data.registry (tests/test_pipeline.py checks it).
 DatasetName = Literal["wflw", "300w", "cofw", "aflw", "cocowb_face", "synth"]
-Loss = Literal["mse", "mse_ma"]
+Loss = Literal["mse", "mse_ma", "mse_biased"]  # mse_biased: the authors' one-/two-hot baselines
 
 
 class Section(BaseModel):
@@ -54,6 +54,8 @@ class DataSection(Section):
     prepared_dir: str = Field(default="data/prepared", description="prepared splits (annotations + crop cache)")
     crop_size: int = Field(default=384, gt=0, description="side of the cached face crops, px")
     padding: float = Field(default=1.25, gt=0, description="face box padding of the network input")
+    pretrained_dir: str = Field(default="data/pretrained", description="where `popos model fetch-pretrained` puts the "
+                                "ImageNet backbone that model.pretrained: imagenet loads")
 
 
 class SynthSection(Section):
@@ -62,6 +64,27 @@ class SynthSection(Section):
     n_train: int = Field(default=2000, ge=1, description="training faces")
     n_test: int = Field(default=400, ge=1, description="test faces")
     seed: int = Field(default=0, description="face i of a split is the same for a given seed, whatever the sizes")
+
+
+def _for_dataset(section: Section, dataset: str) -> Section:
+    """``section`` with its ``per_dataset[dataset]`` overrides applied, validated (errors name the dataset)."""
+    override = section.per_dataset.get(dataset, {})
+    if not override:
+        return section
+    try:
+        return type(section).model_validate({**section.model_dump(), **override, "per_dataset": {}})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ValueError(f"per_dataset.{dataset}{'.' + where if where else ''}: "
+                         f"{err['msg'].removeprefix('Value error, ')}") from None
+
+
+def _check_per_dataset(section: Section) -> None:
+    for dataset, override in section.per_dataset.items():
+        if "per_dataset" in override:
+            raise ValueError(f"per_dataset.{dataset}: per_dataset cannot nest")
+        section.for_dataset(dataset)
 
 
 class AugmentSection(Section):
@@ -75,13 +98,19 @@ class AugmentSection(Section):
     scale_min: float = Field(default=0.75, gt=0, description="smallest crop-side factor (> 1 zooms out)")
     scale_max: float = Field(default=1.25, gt=0, description="largest crop-side factor")
     translate: float = Field(default=0.05, ge=0, description="max shift as a fraction of the input size")
+    translate_prob: float = Field(default=1.0, ge=0, le=1, description="probability of the shift (the authors' "
+                                  "COCO-WholeBody box-centre shift: translate 0.16, probability 0.3)")
     color_jitter: float = Field(default=0.2, ge=0, le=1,
                                 description="max relative change of brightness, contrast and saturation")
+    per_dataset: dict[DatasetName, dict[str, Any]] = Field(
+        default_factory=dict, description="augment.* overrides per dataset, e.g. {cocowb_face: {translate: 0.16}}")
+    for_dataset = _for_dataset
 
     @model_validator(mode="after")
     def _scale_range(self) -> AugmentSection:
         if self.scale_min > self.scale_max:
             raise ValueError(f"scale_min ({self.scale_min}) must not exceed scale_max ({self.scale_max})")
+        _check_per_dataset(self)
         return self
 
 
@@ -95,7 +124,10 @@ class ModelSection(Section):
     width: int = Field(default=18, gt=0, description="channels of the highest-resolution branch (18 = HRNetV2-W18)")
     input_size: int = Field(default=256, gt=0, description="network input side, px; input_size / heatmap size must "
                             "be a stride of popos.models.ARCHITECTURES (2, 4, 8, 16, 32, 64)")
-    pretrained: str | None = Field(default=None, description="local ImageNet HRNet-W18 weights (mmpose or timm naming)")
+    pretrained: str | None = Field(
+        default="imagenet", description="'imagenet' (the pinned ImageNet-1k HRNet-W18 of popos.pretrained, fetched "
+        "once by `popos model fetch-pretrained`), a local weights file (mmpose, official or timm naming), or null "
+        "(from scratch)")
     stem_width: int = Field(default=64, gt=0, description="channels of the stem convs and stage-1 bottlenecks (x4 out)")
     stage1_blocks: int = Field(default=4, gt=0, description="Bottleneck blocks of stage 1")
     num_blocks: int = Field(default=4, gt=0, description="Basic blocks per branch in every module of stages 2-4")
@@ -125,6 +157,36 @@ class TrainSection(Section):
         description="top-K mask of the MA loss: of the prediction, the target or both; 'pred' alone lets a 64 x 64 "
         "model satisfy MA with flat negative maps whose top K sit on background (NME > 100% in the demo)",
     )
+    ma_anchors: Literal["authors", "ours"] = Field(
+        default="authors", description="MA mask size when ma_k is None: the authors' decoder's anchors per size "
+        "(30/10/20/15/10 at 64/32/16/8/4) or our decoder's window (min(9, size)^2); see popos.anchors")
+    heatmap_loss: Literal["mse", "huber"] = Field(default="mse", description="heatmap term: MSE, or Huber (the "
+                                                  "authors' COCO-WholeBody face loss)")
+    huber_delta: float = Field(default=0.6, gt=0, description="Huber threshold, heatmap value units")
+    ot_weight: float = Field(default=0.0, ge=0, description="weight of the authors' Sinkhorn term (geomloss; "
+                             "popos.losses.sinkhorn_term); 0 = off, as the paper")
+    schedule: Literal["linear", "step", "cosine"] = Field(
+        default="linear", description="lr per step: linear lr -> lr_min (paper 4.2); step: x lr_step_factor at "
+        "each of lr_steps (epochs); cosine: lr -> lr_min (the authors' configs)")
+    lr_steps: list[int] = Field(default=[40, 55], description="epochs of the step schedule's decays")
+    lr_step_factor: float = Field(default=0.1, gt=0, le=1, description="factor of each step decay")
+    warmup_iters: int = Field(default=0, ge=0, description="linear warm-up iterations from warmup_ratio x lr")
+    warmup_ratio: float = Field(default=0.001, gt=0, le=1, description="lr factor at the first warm-up iteration")
+    target: Literal["unbiased", "biased"] = Field(
+        default="unbiased", description="Gaussian centred on the exact point, or on the nearest pixel (integer-"
+        "centred, mmpose's non-dark encoding)")
+    target_weight: Literal["crop", "box"] = Field(
+        default="crop", description="a landmark weighs 0 when it leaves the input crop ('crop'), or only when its "
+        "whole 3-sigma box leaves the heatmap ('box', mmpose / the authors)")
+    baseline_sigma: float = Field(default=1.5, gt=0, description="sigma of the mse_biased baseline models, hm px")
+    val_fraction: float = Field(default=0.0, ge=0, lt=1, description="share of the training faces held out "
+                                "(seeded by seed) as a validation split; needed by evaluate.checkpoint=best_val")
+    save_best: Literal["none", "val", "test"] = Field(
+        default="none", description="also keep best.pt, the epoch of lowest POPoS NME on the validation split "
+        "('val') or on the test set ('test': the authors' save_best='NME'; tables then say so)")
+    per_dataset: dict[DatasetName, dict[str, Any]] = Field(
+        default_factory=dict, description="train.* overrides per dataset, e.g. {cofw: {epochs: 210}}")
+    for_dataset = _for_dataset
     workers: int = Field(default=2, ge=0, description="data-loader worker processes")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(default=True, description="mixed precision on CUDA")
@@ -136,6 +198,11 @@ class TrainSection(Section):
     def _lr_decays(self) -> TrainSection:
         if self.lr_min > self.lr:
             raise ValueError(f"lr_min ({self.lr_min}) must not exceed lr ({self.lr})")
+        if self.save_best != "none" and not self.eval_every:
+            raise ValueError(f"save_best {self.save_best!r} needs eval_every > 0 (the epochs it compares)")
+        if self.save_best == "val" and not self.val_fraction:
+            raise ValueError("save_best 'val' needs val_fraction > 0 (a validation split)")
+        _check_per_dataset(self)
         return self
 
 
@@ -157,6 +224,10 @@ class EvaluateSection(Section):
     batch_size: int = Field(default=64, ge=1, description="faces per forward pass")
     fr_threshold: float = Field(default=0.1, gt=0, description="failure threshold (NME) for FR and AUC")
     save_heatmaps: bool = Field(default=True, description="keep float16 test heatmaps for decoder ablations")
+    checkpoint: Literal["last", "best_val", "best_test"] = Field(
+        default="last", description="weights evaluated: the last epoch, or best.pt, the epoch of lowest POPoS NME "
+        "on the validation split (best_val: train.save_best val) or on the test set (best_test: train.save_best "
+        "test, the authors' choice; its tables are marked 'checkpoint selected on the test set')")
 
 
 class OracleSection(Section):
@@ -266,6 +337,9 @@ class Params(Section):
         for needed, user in (("popos", "Table 1"), (self.sweeps.method, "sweeps.method")):
             if needed not in self.decode.methods:
                 problems.append(f"decode.methods {self.decode.methods} lacks {needed!r} ({user} uses it)")
+        if self.evaluate.checkpoint != "last" and self.evaluate.checkpoint != f"best_{self.train.save_best}":
+            problems.append(f"evaluate.checkpoint {self.evaluate.checkpoint} needs train.save_best: "
+                            f"{self.evaluate.checkpoint.removeprefix('best_')}")
         too_many = [k for k in self.sweeps.anchors if k > self.sweeps.heatmap_size**2]
         if too_many:
             problems.append(f"sweeps.anchors {too_many} exceed the {self.sweeps.heatmap_size}^2 heatmap pixels")

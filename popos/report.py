@@ -49,7 +49,7 @@ ABLATION_STEPS = (
     ("PPPSC (no MA loss)", "popos", "mse"),
     ("PPPSC + MA loss = POPoS", "popos", "mse_ma"),
 )
-LOSS_LABELS = {"mse": "MSE", "mse_ma": "MSE + MA"}
+LOSS_LABELS = {"mse": "MSE", "mse_ma": "MSE + MA", "mse_biased": "MSE, biased targets"}
 
 
 def build_report(params: Params, results: str | Path, out_dir: str | Path) -> Path:

@@ -2,8 +2,12 @@
 
 Targets are unbiased Gaussians (sigma in heatmap px) centred at ``landmarks / stride``, with
 ``stride = input_size / heatmap_size``; landmarks are (x, y) input px, pixel ``i`` centred at ``i``. The
-loss is heatmap MSE (``mse``) or MSE + ``train.ma_weight`` x MA (``mse_ma``). The learning rate decays
-linearly per step from ``train.lr`` to ``train.lr_min`` over all epochs.
+loss is heatmap MSE (``mse``), MSE + ``train.ma_weight`` x MA (``mse_ma``, paper Eq. 1), or MSE on
+integer-centred Gaussians of ``train.baseline_sigma`` (``mse_biased``: the models behind the authors'
+one-hot / two-hot rows). The learning rate follows ``train.schedule`` per step (:func:`lr_factor`; the
+paper: linear from ``train.lr`` to ``train.lr_min``). ``train.per_dataset`` overrides apply first.
+``model.pretrained`` initialises the backbone (:mod:`popos.pretrained`); the counts loaded are logged
+and stored in the run's configuration.
 
 Runs on CPU or CUDA (mixed precision with ``train.amp``), and on several processes when started with
 ``torchrun`` (DistributedDataParallel; NCCL on CUDA, gloo on CPU; ``train.batch_size`` is the global batch,
@@ -29,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from popos.codec import encode_heatmaps
@@ -37,22 +41,16 @@ from popos.config import Params
 from popos.data.dataset import LandmarkDataset
 from popos.data.prepared import PreparedSplit
 from popos.data.registry import get_dataset
-from popos.evaluate import (
-    CHECKPOINT_FORMAT,
-    load_checkpoint,
-    nme_table,
-    predict_split,
-    resolve_device,
-    resolve_variants,
-    split_dir,
-    summarize_table,
-)
+from popos.errors import UserError
+from popos.evaluate import CHECKPOINT_FORMAT, load_checkpoint, resolve_device, split_dir
 from popos.geometry import stride
 from popos.io import atomic_path
 from popos.losses import LandmarkLoss
 from popos.models import build_model
+from popos.pretrained import load_backbone
+from popos.pretrained import summary as pretrained_summary
 
-LOSSES = ("mse", "mse_ma")
+LOSSES = ("mse", "mse_ma", "mse_biased")
 # Where and how a run executes, not what it computes: these may change between a run and its resume.
 RESUME_FREE_KEYS = frozenset({"train.workers", "train.device", "data.raw_dir", "data.prepared_dir"})
 QUICK_DECODERS = ("one_hot", "popos")
@@ -67,6 +65,7 @@ def run_config(params: Params, dataset: str, heatmap_size: int, loss: str) -> di
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     spec = get_dataset(dataset)
+    params = for_dataset(params, dataset)
     return {
         "dataset": dataset,
         "heatmap_size": int(heatmap_size),
@@ -77,24 +76,79 @@ def run_config(params: Params, dataset: str, heatmap_size: int, loss: str) -> di
     }
 
 
+def for_dataset(params: Params, dataset: str) -> Params:
+    """``params`` with the ``per_dataset[dataset]`` overrides of its train and augment sections applied."""
+    return params.model_copy(update={name: getattr(params, name).for_dataset(dataset) for name in ("train", "augment")})
+
+
 def make_targets(
-    landmarks: Tensor, visible: Tensor, *, input_size: int, heatmap_size: int, sigma: float
+    landmarks: Tensor,
+    visible: Tensor,
+    *,
+    input_size: int,
+    heatmap_size: int,
+    sigma: float,
+    unbiased: bool = True,
+    annotated: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Heatmap targets for ``landmarks [B, K, 2]`` (x, y) input px and ``visible [B, K]``.
 
-    Returns ``target [B, K, h, h]`` (unbiased Gaussians of ``sigma`` heatmap px at ``landmarks / stride``)
-    and ``weight [B, K]`` float, 1 for visible landmarks (LandmarkDataset marks those off the input invisible).
+    Returns ``target [B, K, h, h]`` (Gaussians of ``sigma`` heatmap px at ``landmarks / stride``, on the exact
+    point or, ``unbiased=False``, on the nearest pixel) and ``weight [B, K]`` float: 1 for ``visible``
+    landmarks (LandmarkDataset marks those off the input invisible). Given ``annotated [B, K]`` (visible
+    whether inside the input or not), the weight is instead 0 only when the landmark is not annotated or its
+    whole 3-sigma box ``[round(c) - 3 sigma, round(c) + 3 sigma]`` lies off the heatmap, as mmpose (the authors).
     """
-    target = encode_heatmaps(landmarks.float() / stride(input_size, heatmap_size), heatmap_size, sigma, unbiased=True)
-    return target, visible.float()
+    centres = landmarks.float() / stride(input_size, heatmap_size)
+    target = encode_heatmaps(centres, heatmap_size, sigma, unbiased=unbiased)
+    if annotated is None:
+        return target, visible.float()
+    mu = torch.floor(centres + 0.5)
+    box_on_map = ((mu + 3 * sigma >= 0) & (mu - 3 * sigma <= heatmap_size - 1)).all(dim=-1)
+    return target, (annotated.bool() & box_on_map).float()
+
+
+def target_settings(params: Params, loss: str, heatmap_size: int) -> dict:
+    """Keywords of :func:`make_targets` for ``loss`` (already per dataset): sigma, encoding, weight rule."""
+    tp = params.train
+    return {"input_size": params.model.input_size, "heatmap_size": heatmap_size,
+            "sigma": tp.baseline_sigma if loss == "mse_biased" else tp.sigma,
+            "unbiased": loss != "mse_biased" and tp.target == "unbiased", "box_weight": tp.target_weight == "box"}
+
+
+def lr_factor(step: int, steps_per_epoch: int, tp) -> float:
+    """Learning-rate factor (x ``tp.lr``) after ``step`` optimiser steps, for ``train.schedule``.
+
+    ``linear``: 1 -> ``lr_min / lr`` over all steps (paper 4.2); ``step``: x ``lr_step_factor`` at each epoch
+    of ``lr_steps``; ``cosine``: half a cosine from 1 to ``lr_min / lr`` (the authors' configs). A linear
+    warm-up from ``warmup_ratio`` over the first ``warmup_iters`` steps multiplies any of them (mmcv's).
+
+    >>> from popos.config import TrainSection
+    >>> tp = TrainSection(epochs=60, schedule="step", lr_steps=[40, 55], warmup_iters=0)
+    >>> [round(lr_factor(e * 10, 10, tp), 4) for e in (0, 39, 40, 55)]
+    [1.0, 1.0, 0.1, 0.01]
+    """
+    total = max(1, tp.epochs * steps_per_epoch - 1)
+    end = tp.lr_min / tp.lr
+    if tp.schedule == "linear":
+        factor = 1 + (end - 1) * min(step, total) / total
+    elif tp.schedule == "step":
+        factor = tp.lr_step_factor ** sum(step >= e * steps_per_epoch for e in tp.lr_steps)
+    else:
+        factor = end + (1 - end) * (1 + math.cos(math.pi * min(step, total) / total)) / 2
+    if step < tp.warmup_iters:
+        factor *= 1 - (1 - step / tp.warmup_iters) * (1 - tp.warmup_ratio)
+    return factor
 
 
 def build_loss(params: Params, loss: str) -> nn.Module:
-    """The training criterion: ``mse`` (MA weight 0) or ``mse_ma`` (MA weight ``train.ma_weight``)."""
+    """The training criterion: ``mse`` / ``mse_biased`` (MA weight 0) or ``mse_ma`` (``train.ma_weight``)."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     tp = params.train
-    return LandmarkLoss(ma_weight=tp.ma_weight if loss == "mse_ma" else 0.0, ma_k=tp.ma_k, ma_mask=tp.ma_mask)
+    return LandmarkLoss(ma_weight=tp.ma_weight if loss == "mse_ma" else 0.0, ma_k=tp.ma_k, ma_mask=tp.ma_mask,
+                        ma_anchors=tp.ma_anchors, heatmap=tp.heatmap_loss, huber_delta=tp.huber_delta,
+                        ot_weight=tp.ot_weight)
 
 
 def train(
@@ -117,6 +171,7 @@ def train(
     ``device`` ('auto', 'cpu', 'cuda') overrides ``train.device``.
     """
     cfg = run_config(params, dataset, heatmap_size, loss)
+    params = for_dataset(params, dataset)
     dev = resolve_device(device or params.train.device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if params.train.batch_size % world:
@@ -138,10 +193,17 @@ def _train(params: Params, cfg: dict, out_dir: Path, resume: bool, dev: torch.de
     amp = tp.amp and dev.type == "cuda"
     input_size, heatmap_size = params.model.input_size, cfg["heatmap_size"]
     _seed_all(tp.seed)
-    model = build_model(cfg["num_landmarks"], heatmap_size, **params.model.model_dump()).to(dev)
+    model = build_model(cfg["num_landmarks"], heatmap_size, **{**params.model.model_dump(), "pretrained": None})
+    if params.model.pretrained is not None:
+        cfg["pretrained_loaded"] = load_backbone(model, params.model.pretrained, params.data.pretrained_dir)
+        if rank == 0:
+            print(f"popos train: {pretrained_summary(cfg['pretrained_loaded'])}")
+    model = model.to(dev)
     loss_fn = build_loss(params, cfg["loss"])
-    train_set = LandmarkDataset(split_dir(params, cfg["dataset"], "train"), input_size=input_size, train=True,
-                                augment=params.augment, seed=tp.seed)
+    full_train = LandmarkDataset(split_dir(params, cfg["dataset"], "train"), input_size=input_size, train=True,
+                                 augment=params.augment, seed=tp.seed)
+    train_idx, val_idx = validation_split(len(full_train), tp.val_fraction, tp.seed)
+    train_set = Subset(full_train, train_idx.tolist()) if len(val_idx) else full_train
     if len(train_set) < world:
         raise ValueError(f"{train_set.split_dir}: {len(train_set)} training faces, fewer than the {world} processes")
     # One sampler for one or many processes: its shuffle depends only on (seed, epoch), which resume needs.
@@ -149,9 +211,8 @@ def _train(params: Params, cfg: dict, out_dir: Path, resume: bool, dev: torch.de
     loader = DataLoader(train_set, batch_size=tp.batch_size // world, sampler=sampler, num_workers=tp.workers,
                         pin_memory=dev.type == "cuda")
     optimizer = torch.optim.Adam(model.parameters(), lr=tp.lr)
-    total_steps = tp.epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=tp.lr_min / tp.lr,
-                                                  total_iters=max(1, total_steps - 1))
+    steps_per_epoch = len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, tp))
     scaler = torch.amp.GradScaler(dev.type, enabled=amp)
 
     ckpt_path = out_dir / "checkpoint.pt"
@@ -171,28 +232,40 @@ def _train(params: Params, cfg: dict, out_dir: Path, resume: bool, dev: torch.de
     start = len(history)
 
     net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None) if world > 1 else model
-    test_set = None
+    monitored = {}  # split name -> (faces, their prepared split, the faces' rows in it)
     if rank == 0 and tp.eval_every:
-        test_set = LandmarkDataset(split_dir(params, cfg["dataset"], "test"), input_size=input_size, train=False,
-                                   augment=params.augment, seed=tp.seed)
+        test_dir = split_dir(params, cfg["dataset"], "test")
+        test_set = LandmarkDataset(test_dir, input_size=input_size, train=False, augment=params.augment, seed=tp.seed)
+        monitored["test"] = (test_set, test_dir, np.arange(len(test_set)))
+        if len(val_idx):
+            val_set = LandmarkDataset(full_train.split_dir, input_size=input_size, train=False,
+                                      augment=params.augment, seed=tp.seed)
+            monitored["val"] = (_Rows(val_set, val_idx), full_train.split_dir, val_idx)
     live = _live(out_dir / "dvclive", resume=start > 0) if rank == 0 else None
     if live is not None and start == 0:
         live.log_params(cfg)
     for epoch in range(start, tp.epochs):
         sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
+        full_train.set_epoch(epoch)
         row = _train_epoch(net, loader, loss_fn, optimizer, scheduler, scaler, dev=dev, amp=amp, epoch=epoch,
                            epochs=tp.epochs, world=world, rank=rank, ckpt_path=ckpt_path,
-                           targets={"input_size": input_size, "heatmap_size": heatmap_size, "sigma": tp.sigma})
+                           targets=target_settings(params, cfg["loss"], heatmap_size))
         if rank != 0:
             continue
-        if test_set is not None and ((epoch + 1) % tp.eval_every == 0 or epoch + 1 == tp.epochs):
-            row.update(_quick_nme(model, test_set, params, cfg, amp))
+        if monitored and ((epoch + 1) % tp.eval_every == 0 or epoch + 1 == tp.epochs):
+            for split, (faces, folder, rows) in monitored.items():
+                prefix = "nme" if split == "test" else f"{split}_nme"
+                row.update({k.replace("nme", prefix, 1): v
+                            for k, v in _quick_nme(model, faces, folder, rows, params, amp).items()})
         history.append(row)
         ckpt = {"format_version": CHECKPOINT_FORMAT, "config": cfg, "epoch": epoch + 1, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": _rng_state(), "history": history}
         _record_epoch(out_dir, ckpt, live)
+        if is_best_epoch(history, tp.save_best):
+            with atomic_path(out_dir / "best.pt") as tmp:
+                torch.save(_to_cpu({**ckpt, "selected_on": tp.save_best, "selected_by": BEST_METRIC[tp.save_best]}),
+                           tmp)
     if live is not None:
         live.end()
     if world > 1:
@@ -258,7 +331,10 @@ def _train_epoch(net, loader, loss_fn, optimizer, scheduler, scaler, *, dev, amp
 
 def _batch_loss(net: nn.Module, batch: dict, loss_fn: nn.Module, *, dev, amp: bool, targets: dict):
     images = batch["image"].to(dev, non_blocking=True)
-    target, weight = make_targets(batch["landmarks"].to(dev), batch["visible"].to(dev), **targets)
+    settings = {k: v for k, v in targets.items() if k != "box_weight"}
+    annotated = batch["annotated"].to(dev) if targets.get("box_weight") else None
+    target, weight = make_targets(batch["landmarks"].to(dev), batch["visible"].to(dev), annotated=annotated,
+                                  **settings)
     with torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
         pred = net(images)
     return loss_fn(pred.float(), target, weight)
@@ -271,14 +347,60 @@ def _optimise(total: Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp
     scaler.update()
 
 
-def _quick_nme(model: nn.Module, test_set, params: Params, cfg: dict, amp: bool) -> dict:
-    """Test NME (no flip test) of the one_hot and popos decoders: {'nme_one_hot': ..., 'nme_popos': ...}."""
-    loader = DataLoader(test_set, batch_size=params.evaluate.batch_size, num_workers=params.train.workers)
+def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training faces ``0..n-1`` -> (train rows, validation rows), sorted; ``round(fraction * n)`` faces (at
+    least 1 when ``fraction > 0``) drawn with ``seed``, so a run and its resume hold out the same faces.
+
+    >>> [r.tolist() for r in validation_split(5, 0.4, seed=0)]
+    [[0, 1, 3], [2, 4]]
+    """
+    if not fraction:
+        return np.arange(n), np.arange(0)
+    n_val = max(1, round(fraction * n))
+    if n_val >= n:
+        raise UserError(f"train.val_fraction {fraction} leaves no training faces of {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+#: the per-epoch NME column that picks best.pt for train.save_best
+BEST_METRIC = {"val": "val_nme_popos", "test": "nme_popos"}
+
+
+def is_best_epoch(history: list[dict], save_best: str) -> bool:
+    """Whether the last epoch of ``history`` has the lowest ``BEST_METRIC[save_best]`` so far (ties: the earlier)."""
+    if save_best == "none" or BEST_METRIC[save_best] not in history[-1]:
+        return False
+    values = [row[BEST_METRIC[save_best]] for row in history if BEST_METRIC[save_best] in row]
+    return values[-1] < min(values[:-1], default=math.inf)
+
+
+class _Rows(torch.utils.data.Dataset):
+    """Faces ``rows`` of ``dataset`` as faces ``0..len(rows)-1`` (their ``index`` renumbered to match)."""
+
+    def __init__(self, dataset, rows: np.ndarray) -> None:
+        self.dataset, self.rows = dataset, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.dataset[int(self.rows[i])], "index": torch.tensor(i, dtype=torch.int64)}
+
+
+def _quick_nme(model: nn.Module, faces, folder: Path, rows: np.ndarray, params: Params, amp: bool) -> dict:
+    """NME (no flip test) of the one_hot and popos decoders on ``faces`` (rows ``rows`` of the prepared
+    split in ``folder``): {'nme_one_hot': ..., 'nme_popos': ...}. Logging only: the weights never depend on
+    it, so the decoders are not among the training job's code inputs (workflow/rules/train.smk)."""
+    from popos.evaluate import nme_table, predict_split, resolve_variants, summarize_table
+
+    loader = DataLoader(faces, batch_size=params.evaluate.batch_size, num_workers=params.train.workers)
     variants = resolve_variants(QUICK_DECODERS, params.decode.popos)
     preds = predict_split(model, loader, variants, input_size=params.model.input_size, sigma=params.decode.sigma,
                           amp=amp)
-    gt = PreparedSplit.open(split_dir(params, cfg["dataset"], "test"))
-    summary = summarize_table(nme_table(preds, gt.landmarks, gt.norm, gt.visible), params.evaluate.fr_threshold)
+    gt = PreparedSplit.open(folder)
+    table = nme_table(preds, gt.landmarks[rows], gt.norm[rows], gt.visible[rows])
+    summary = summarize_table(table, params.evaluate.fr_threshold)
     return {f"nme_{r.method}": r.nme for r in summary.itertuples()}
 
 
@@ -366,14 +488,14 @@ def measure_throughput(
     amp = params.train.amp and dev.type == "cuda"
     _seed_all(params.train.seed)
     size, batch_size = params.model.input_size, params.train.batch_size
-    net = build_model(num_landmarks, heatmap_size, **params.model.model_dump()).to(dev).train()
+    net = build_model(num_landmarks, heatmap_size, **{**params.model.model_dump(), "pretrained": None}).to(dev).train()
     loss_fn = build_loss(params, loss)
     optimizer = torch.optim.Adam(net.parameters(), lr=params.train.lr)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp)
     batch = {"image": torch.randn(batch_size, 3, size, size, device=dev),
              "landmarks": torch.rand(batch_size, num_landmarks, 2, device=dev) * (size - 1),
              "visible": torch.ones(batch_size, num_landmarks, dtype=torch.bool, device=dev)}
-    targets = {"input_size": size, "heatmap_size": heatmap_size, "sigma": params.train.sigma}
+    targets = target_settings(params, loss, heatmap_size)
     for i in range(warmup + steps):
         if i == warmup:
             if dev.type == "cuda":

@@ -86,12 +86,31 @@ def test_weight_zero_landmarks_contribute_nothing():
         assert (p.grad[weight == 0] == 0).all() and (p.grad[weight == 1] != 0).any()
 
 
-def test_ma_averages_the_weighted_landmark_norms():
+def test_ma_sums_the_weighted_landmark_norms_and_averages_faces():
     pred, target = _maps(4)
     weight = torch.tensor([[1.0, 0.0, 0.5], [1.0, 1.0, 0.0]])
     per_landmark = [ma_loss(pred[b:b + 1, k:k + 1], target[b:b + 1, k:k + 1], k=3) for b in range(2) for k in range(3)]
-    expected = (torch.stack(per_landmark) * weight.flatten()).sum() / 6
+    expected = (torch.stack(per_landmark) * weight.flatten()).sum() / 2  # summed over landmarks, mean of 2 faces
     assert ma_loss(pred, target, weight, k=3).item() == pytest.approx(expected.item())
+
+
+def test_total_loss_equals_eq1_on_a_hand_computed_example():
+    """Paper Eq. 1 by hand: 2 landmarks on 3 x 3 maps, K = 2, w = 6, L = L_MSE + w * sum_i ||(H_i - Ĥ_i) Mask_i||."""
+    target = torch.zeros(1, 2, 3, 3)
+    target[0, 0, 1, 1], target[0, 0, 1, 2] = 1.0, 0.5  # landmark 0: its two largest pixels
+    target[0, 1, 0, 0], target[0, 1, 2, 2] = 1.0, 0.6  # landmark 1
+    pred = target.clone()
+    pred[0, 0, 1, 1] = 0.6  # error -0.4 (in both top-2 sets)
+    pred[0, 0, 1, 2] = 0.8  # error +0.3 (in both top-2 sets)
+    pred[0, 1, 2, 2] = 0.0  # error -0.6: in the target's top 2, not in the prediction's
+    pred[0, 1, 0, 1] = 0.2  # error +0.2: in the prediction's top 2 (0.2 > 0), not the target's
+    # masks = union of the top-2 of pred and target: landmark 0 {(1,1), (1,2)}, landmark 1 {(0,0), (2,2), (0,1)}
+    l_ma = math.sqrt(0.4**2 + 0.3**2) + math.sqrt(0.0**2 + 0.6**2 + 0.2**2)  # 0.5 + 0.6325
+    l_mse = (0.4**2 + 0.3**2 + 0.6**2 + 0.2**2) / 18  # every pixel of both maps
+    total, parts = LandmarkLoss(ma_weight=6.0, ma_k=2, ma_mask="union")(pred, target)
+    assert parts["ma"].item() == pytest.approx(l_ma)
+    assert parts["mse"].item() == pytest.approx(l_mse)
+    assert total.item() == pytest.approx(l_mse + 6 * l_ma)
 
 
 def test_landmark_loss_combines_mse_and_ma():
@@ -127,10 +146,35 @@ def test_bad_inputs_raise_clear_errors():
         LandmarkLoss(ma_weight=-1.0)
 
 
-def test_default_k_is_the_decoders_anchor_count():
-    decoders = pytest.importorskip("popos.decoders")
-    if not hasattr(decoders, "default_anchors"):
-        pytest.skip("popos.decoders.default_anchors is not written yet")
+def test_default_k_is_the_authors_anchor_count_or_ours():
     pred, target = _maps(7, shape=(1, 2, 16, 16))
-    k = decoders.default_anchors(16)
-    assert ma_loss(pred, target).item() == pytest.approx(ma_loss(pred, target, k=k).item())
+    assert ma_loss(pred, target).item() == pytest.approx(ma_loss(pred, target, k=20).item())  # authors' K at 16
+    assert ma_loss(pred, target, anchors="ours").item() == pytest.approx(ma_loss(pred, target, k=81).item())
+    assert ma_loss(pred, target).item() != pytest.approx(ma_loss(pred, target, k=81).item())
+    pred, target = _maps(7, shape=(1, 2, 4, 4))  # at 4 x 4: authors 10 of 16 pixels, ours the whole map
+    assert ma_loss(pred, target).item() == pytest.approx(ma_loss(pred, target, k=10).item())
+    assert LandmarkLoss(6.0, ma_anchors="ours")(pred, target)[1]["ma"].item() == pytest.approx(
+        ma_loss(pred, target, k=16).item())
+
+
+def test_huber_heatmap_term():
+    pred, target = torch.zeros(1, 2, 1, 2), torch.zeros(1, 2, 1, 2)
+    pred[0, 0, 0] = torch.tensor([0.5, 2.0])  # 0.5 * 0.25 = 0.125 (quadratic), 0.6 * (2 - 0.3) = 1.02 (linear)
+    pred[0, 1, 0] = 9.0  # invisible
+    weight = torch.tensor([[1.0, 0.0]])
+    total, parts = LandmarkLoss(heatmap="huber", huber_delta=0.6)(pred, target, weight)
+    assert total.item() == pytest.approx((0.125 + 1.02) / 4) and parts["mse"].item() == total.item()
+    with pytest.raises(ValueError, match="heatmap must be one of"):
+        LandmarkLoss(heatmap="l1")
+
+
+def test_sinkhorn_term_on_one_face_is_half_the_squared_distance():
+    pytest.importorskip("geomloss")
+    pred, target = _maps(8, shape=(1, 3, 4, 4))
+    expected = ((pred - target) ** 2).sum((-2, -1)).mean() / 2  # a Dirac to a Dirac: cost |x - y|^2 / 2
+    total, parts = LandmarkLoss(ot_weight=1.0)(pred, target)
+    assert parts["ot"].item() == pytest.approx(expected.item(), rel=1e-4)
+    assert total.item() == pytest.approx(parts["mse"].item() + expected.item(), rel=1e-4)
+    pred, target = _maps(9, shape=(4, 2, 4, 4))  # a batch: no more than the cost of the identity pairing
+    pairing = ((pred - target) ** 2).sum((-2, -1)).mean() / 2
+    assert 0 < LandmarkLoss(ot_weight=1.0)(pred, target)[1]["ot"].item() <= pairing.item() + 1e-4

@@ -7,8 +7,10 @@ from torch import nn
 
 from popos.cli import main
 from popos.config import ModelSection
-from popos.models import ARCHITECTURES, build_model, load_pretrained, model_stats, print_model_table
-from popos.models.hrnet import centred_upsample, pretrained_key
+from popos.errors import UserError
+from popos.models import ARCHITECTURES, build_model, model_stats, print_model_table
+from popos.models.hrnet import centred_upsample
+from popos.pretrained import load_backbone, pretrained_key
 
 # small enough to run every architecture row in well under a second
 SLIM = dict(width=2, stem_width=4, stage1_blocks=1, num_blocks=1, num_modules=(1, 1, 1))
@@ -70,7 +72,8 @@ def test_unknown_size_lists_the_allowed_ones():
 
 
 def test_model_section_fields_are_build_model_keywords():
-    section = ModelSection(width=2, input_size=128, stem_width=4, stage1_blocks=1, num_blocks=1, num_modules=(1, 1, 2))
+    section = ModelSection(pretrained=None, width=2, input_size=128, stem_width=4, stage1_blocks=1, num_blocks=1,
+                           num_modules=(1, 1, 2))
     model = build_model(7, 16, **section.model_dump())
     assert model(torch.zeros(1, 3, 128, 128)).shape == (1, 7, 16, 16)
     assert len(model.stages[-1]) == 2
@@ -163,7 +166,8 @@ def test_load_pretrained_from_mmpose_and_timm_names(tmp_path):
     for path in (mmpose, timm):
         target = _slim(16, 128, seed=2)
         head_before = target.head[0].weight.clone()
-        assert load_pretrained(target, path) == len(state)
+        report = load_backbone(target, str(path))
+        assert report["tensors"] == report["of_backbone"] == len([k for k in state if "num_batches" not in k])
         for key, value in state.items():
             torch.testing.assert_close(target.state_dict()[key], value, rtol=0, atol=0)
         torch.testing.assert_close(target.head[0].weight, head_before, rtol=0, atol=0)
@@ -174,17 +178,17 @@ def test_load_pretrained_from_mmpose_and_timm_names(tmp_path):
 
 def test_load_pretrained_errors(tmp_path):
     model = _slim(16, 128)
-    with pytest.raises(FileNotFoundError, match="missing.pth"):
-        load_pretrained(model, tmp_path / "missing.pth")
+    with pytest.raises(UserError, match="missing.pth: no such file"):
+        load_backbone(model, str(tmp_path / "missing.pth"))
     wrong_width = tmp_path / "wide.pth"
     wide = {k: v for k, v in _slim(16, 128, width=5, stem_width=6).state_dict().items() if not k.startswith("head.")}
     torch.save(_mmpose_naming(wide), wrong_width)
-    with pytest.raises(ValueError, match="none of its .* tensors matches"):
-        load_pretrained(model, wrong_width)
+    with pytest.raises(UserError, match="fills 0 of the .* backbone tensors"):
+        load_backbone(model, str(wrong_width))
     pickled = tmp_path / "full_checkpoint.pth"
     torch.save({"state_dict": {}, "meta": Fraction(1, 2)}, pickled)  # any non-tensor object
-    with pytest.raises(ValueError, match="re-save just its state dict"):
-        load_pretrained(model, pickled)
+    with pytest.raises(UserError, match="re-save its state dict"):
+        load_backbone(model, str(pickled))
 
 
 def test_model_stats_counts_macs_as_the_paper():

@@ -18,6 +18,7 @@ K = DATASETS["synth"].num_landmarks
 HEATMAP = 8
 # A slim model and small inputs: a training epoch on 16 faces takes well under a second on one core.
 TINY = [
+    "model.pretrained=null",
     "model.input_size=32", "model.width=4", "model.stem_width=8", "model.stage1_blocks=1", "model.num_blocks=1",
     "model.num_modules=[1, 1, 1]", "train.batch_size=8", "train.epochs=3", "train.workers=0", "train.lr=0.005",
     "augment.rotation_prob=0", "augment.flip_prob=0.5", "augment.translate=0.02", "decode.methods=[one_hot, popos]",

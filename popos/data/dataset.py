@@ -154,10 +154,13 @@ class LandmarkDataset(Dataset):
         index = operator.index(index)
         image, landmarks, visible, m, aug = self.input_view(index)
         pixels = color_jitter(image, aug) if aug is not None else image
+        annotated = self.split.visible[index]
+        annotated = annotated[self.flip_index] if aug is not None and aug.flip else annotated
         return {
             "image": to_tensor(pixels),
             "landmarks": torch.from_numpy(landmarks.astype(np.float32)),
             "visible": torch.from_numpy(visible.astype(np.float32)),
+            "annotated": torch.from_numpy(annotated.astype(np.float32)),  # visible, inside the crop or not
             "image_to_input": torch.from_numpy(m.astype(np.float32)),
             "norm": torch.tensor(float(self.split.norm[index]), dtype=torch.float32),
             "index": torch.tensor(index, dtype=torch.int64),

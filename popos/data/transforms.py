@@ -46,13 +46,15 @@ def sample_augmentation(rng: np.random.Generator, cfg: AugmentSection) -> Augmen
 
     Flip with ``flip_prob``; rotation ``clip(N(0, rotation_std), +-rotation_max)`` with ``rotation_prob``
     (else 0); scale ``clip(1 + N(0, scale_std), scale_min, scale_max)``; shift uniform in
-    ``+-translate`` per axis; each colour factor uniform in ``1 +- color_jitter``.
+    ``+-translate`` per axis with ``translate_prob`` (else 0); each colour factor uniform in ``1 +- color_jitter``.
     """
     flip = bool(rng.random() < cfg.flip_prob)
     rotation = float(np.clip(rng.normal(0, cfg.rotation_std), -cfg.rotation_max, cfg.rotation_max))
     rotation = rotation if rng.random() < cfg.rotation_prob else 0.0
     scale = float(np.clip(1 + rng.normal(0, cfg.scale_std), cfg.scale_min, cfg.scale_max))
     dx, dy = rng.uniform(-cfg.translate, cfg.translate, 2)
+    if cfg.translate_prob < 1 and rng.random() >= cfg.translate_prob:  # no extra draw at probability 1
+        dx = dy = 0.0
     b, c, s = rng.uniform(1 - cfg.color_jitter, 1 + cfg.color_jitter, 3)
     return Augmentation(flip=flip, rotation=rotation, scale=scale, shift=(float(dx), float(dy)),
                         brightness=float(b), contrast=float(c), saturation=float(s))

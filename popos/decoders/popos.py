@@ -34,6 +34,7 @@ import math
 import torch
 from torch import Tensor
 
+from popos.anchors import AUTHORS_OTHER, AUTHORS_SIZES, OUR_WINDOW, our_anchors
 from popos.codec import distance_maps
 from popos.decoders.base import (
     argmax_xy,
@@ -56,14 +57,10 @@ from popos.decoders.multilateration import (
     top_anchors,
 )
 
-#: the authors' anchors K and search region S (heatmap px) per heatmap side (POPoS
-#: ``keypoints_from_heatmaps_randomsample_lls``); other sides get :data:`AUTHORS_OTHER`
-AUTHORS_SIZES = {64: (30, 8.0), 32: (10, 8.0), 16: (20, 4.0), 8: (15, 3.0), 4: (10, 2.0)}
-AUTHORS_OTHER = (30, 8.0)
 #: our decoder's settings, at every heatmap size (``anchors=None``: every pixel of the window)
 OURS = dict(
     anchors=None,
-    window=9,
+    window=OUR_WINDOW,
     station="parabola",
     region=2.0,
     samples_per_pixel=2.5,
@@ -115,8 +112,7 @@ def default_anchors(heatmap_size: int) -> int:
     >>> default_anchors(64), default_anchors(4)
     (81, 16)
     """
-    side = min(OURS["window"], check_int("heatmap_size", heatmap_size, 1))
-    return side * side
+    return our_anchors(check_int("heatmap_size", heatmap_size, 1))
 
 
 def parabola_station(maps: Tensor, x: Tensor, y: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """Models: the lightweight HRNet with 64 to 4 pixel heatmaps, and its cost table."""
 
-from popos.models.hrnet import ARCHITECTURES, HRNetHeatmap, StemRow, build_model, load_pretrained
+from popos.models.hrnet import ARCHITECTURES, HRNetHeatmap, StemRow, build_model
 from popos.models.stats import model_stats, print_model_table
 
-__all__ = ["ARCHITECTURES", "HRNetHeatmap", "StemRow", "build_model", "load_pretrained", "model_stats",
+__all__ = ["ARCHITECTURES", "HRNetHeatmap", "StemRow", "build_model", "model_stats",
            "print_model_table"]

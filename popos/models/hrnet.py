@@ -15,17 +15,12 @@ of a pixel; the layers and their weights are the same, only the sampling differs
 
 from __future__ import annotations
 
-import logging
-import pickle
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -263,8 +258,9 @@ def build_model(
     is centred on input pixel ``stride * j``). Defaults are HRNetV2-W18 as in the paper: ``width`` 18
     (branches 18/36/72/144), a 64-channel stem and 4 Bottleneck blocks in stage 1 (``stem_width``,
     ``stage1_blocks``), 4 Basic blocks per branch (``num_blocks``) and 1/4/3 modules in stages 2/3/4
-    (``num_modules``); smaller values give slim models for CPU demos. ``pretrained``: local ImageNet
-    HRNet weights, see :func:`load_pretrained`. Keyword names equal :class:`popos.config.ModelSection`'s.
+    (``num_modules``); smaller values give slim models for CPU demos. ``pretrained``: ImageNet HRNet
+    weights (``"imagenet"`` or a file) for the whole backbone, see :func:`popos.pretrained.load_backbone`.
+    Keyword names equal :class:`popos.config.ModelSection`'s.
 
     >>> model = build_model(68, heatmap_size=8, width=4, input_size=128, num_blocks=1).eval()
     >>> model(torch.zeros(1, 3, 128, 128)).shape
@@ -295,66 +291,7 @@ def build_model(
     model = HRNetHeatmap(num_landmarks, row, width=width, stem_width=stem_width, stage1_blocks=stage1_blocks,
                          num_blocks=num_blocks, num_modules=num_modules)
     if pretrained is not None:
-        load_pretrained(model, pretrained)
+        from popos.pretrained import load_backbone  # it maps checkpoint names onto this module's
+
+        load_backbone(model, str(pretrained))
     return model
-
-
-_PREFIXES = ("module.", "backbone.", "model.")
-_RENAMES = (
-    (re.compile(r"^transition(\d+)\."), lambda m: f"transitions.{int(m.group(1)) - 1}."),
-    (re.compile(r"^stage(\d+)\."), lambda m: f"stages.{int(m.group(1)) - 2}."),
-)
-
-
-def pretrained_key(key: str) -> str:
-    """Map an mmpose (``backbone.`` prefix) / official / timm HRNet parameter name onto this model's.
-
-    >>> pretrained_key("backbone.stage3.1.fuse_layers.2.0.1.0.weight")
-    'stages.1.1.fuse_layers.2.0.1.0.weight'
-    """
-    for prefix in _PREFIXES:
-        key = key.removeprefix(prefix)
-    for pattern, repl in _RENAMES:
-        key = pattern.sub(repl, key)
-    return key
-
-
-def load_pretrained(model: nn.Module, path: str | Path) -> int:
-    """Initialise ``model`` in place from a local HRNet checkpoint; returns the number of tensors loaded.
-
-    Accepts a plain state dict or a checkpoint holding one under ``state_dict`` / ``model``, in mmpose,
-    official HRNet or timm naming (:func:`pretrained_key`). Tensors whose name or shape has no match
-    (classifier, stem convs absent from ImageNet models, a slimmer width) keep their initialisation; the
-    counts are logged. Nothing is downloaded. Raises ``FileNotFoundError`` for a missing file and
-    ``ValueError`` when no tensor matches (not an HRNet checkpoint, or a different width).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights {path}: no such file (nothing is downloaded)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ValueError(
-            f"pretrained weights {path}: holds objects other than tensors and plain containers, which are not "
-            "loaded (unsafe to unpickle); re-save just its state dict with torch.save"
-        ) from exc
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"pretrained weights {path}: expected a state dict, got {type(state).__name__}")
-    own = model.state_dict()
-    matched = {}
-    for key, value in state.items():
-        name = pretrained_key(key)
-        if name in own and isinstance(value, Tensor) and value.shape == own[name].shape:
-            matched[name] = value
-    if not any(name in dict(model.named_parameters()) for name in matched):
-        raise ValueError(
-            f"pretrained weights {path}: none of its {len(state)} tensors matches the model by name and shape "
-            "(expected an HRNet state dict in mmpose, official or timm naming with the same width)"
-        )
-    model.load_state_dict(matched, strict=False)
-    log.info("loaded %d of the model's %d tensors from %s (%d tensors of the file unused)",
-             len(matched), len(own), path, len(state) - len(matched))
-    return len(matched)

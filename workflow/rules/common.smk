@@ -20,14 +20,18 @@ def knobs(*keys, drop=()):
     return json.dumps(out, sort_keys=True)
 
 
-def code(*modules):
+def code(*modules, skip=()):
     """The popos source files a step runs, as rule inputs (Snakemake hashes only a shell rule's command
     text): ``popos/cli.py``, the given modules (``"train"``, ``"data.synth"``) and every popos module they
-    import, transitively, lazy imports and parent packages included."""
+    import, transitively, lazy imports and parent packages included; modules under ``skip`` (``"decoders"``)
+    are left out with everything only they import: code the step runs but its outputs do not depend on."""
     seen = {Path("popos/cli.py")}
     todo = [f"popos.{m}" for m in modules]
+    skipped = tuple(f"popos.{m}" for m in skip)
     while todo:
         name = todo.pop()
+        if any(name == s or name.startswith(f"{s}.") for s in skipped):
+            continue
         parts = name.split(".")
         for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__, a/b/__init__, a/b/c
             package = Path(*parts[:i])
@@ -91,15 +95,22 @@ def eval_outputs(run, extra=()):
 def eval_inputs(wildcards):
     """The test split of the run's dataset and its checkpoint."""
     run = f"{wildcards.dataset}_{wildcards.size}_{wildcards.run}"
-    return {**split_inputs(wildcards.dataset, "test"), "checkpoint": R.checkpoint(run)}
+    weights = R.checkpoint(run) if P.evaluate.checkpoint == "last" else R.model_dir(run) / "best.pt"
+    return {**split_inputs(wildcards.dataset, "test"), "checkpoint": weights}
 
 
 def train_knobs(wildcards, ma_weight_in_name=False):
     """The knobs a model depends on: not where it runs, not the MA settings of an MSE-only model, not
     the MA weight that the run's name carries."""
-    drop = ["train.workers", "train.device"]
-    if wildcards.get("loss") == "mse":
-        drop += ["train.ma_weight", "train.ma_k", "train.ma_mask"]
+    drop = ["train.workers", "train.device", "train.per_dataset", "augment.per_dataset"]  # applied below
+    if wildcards.get("loss") in ("mse", "mse_biased"):
+        drop += ["train.ma_weight", "train.ma_k", "train.ma_mask", "train.ma_anchors"]
     if ma_weight_in_name:
         drop.append("train.ma_weight")
-    return knobs("train", "model", "augment", "data.crop_size", "data.padding", drop=drop)
+    out = json.loads(knobs("model", "data.crop_size", "data.padding"))
+    for name in ("train", "augment"):  # as this dataset's model sees them
+        out[name] = getattr(P, name).for_dataset(wildcards.dataset).model_dump(mode="json")
+    for key in drop:
+        section, _, field = key.partition(".")
+        out[section].pop(field, None)
+    return json.dumps(out, sort_keys=True)

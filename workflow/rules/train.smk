@@ -1,16 +1,45 @@
 # Training: one model per dataset x heatmap size x loss, plus the MA-weight sweep's extra models.
-# Their params trigger carries only the knobs the weights depend on (common.smk, train_knobs).
+# Their params trigger carries only the knobs the weights depend on (common.smk, train_knobs), and their
+# code inputs only the code the weights depend on: the decoders (and evaluate, which runs them) serve the
+# per-epoch test NME of the training log, so a decoder change re-runs evaluations, not training.
 
-TRAIN_CODE = code("train")
+TRAIN_CODE = code("train", skip=("decoders", "evaluate"))
+PRETRAINED = []
+
+
+def best_output(folder):
+    """best.pt, the epoch train.save_best selects, as an output where it is written."""
+    return {"best": folder / "best.pt"} if P.train.save_best != "none" else {}
+
+
+if P.model.pretrained is not None:
+    from popos.pretrained import SOURCES, local_path
+
+    if P.model.pretrained in SOURCES:
+        PRETRAINED = [str(local_path(P.data.pretrained_dir, SOURCES[P.model.pretrained]))]
+
+        rule fetch_pretrained:
+            """The pinned ImageNet backbone, downloaded once for every training job."""
+            output:
+                PRETRAINED[0],
+            log:
+                R.root / "logs" / "fetch_pretrained.log",
+            shell:
+                "popos model fetch-pretrained {PARAMS_ARGS} > {log} 2>&1"
+
+    else:
+        PRETRAINED = [P.model.pretrained]
 
 
 rule train:
     input:
         unpack(lambda wc: split_inputs(wc.dataset, "train")),
         code=TRAIN_CODE,
+        pretrained=PRETRAINED,
     output:
         checkpoint=R.checkpoint("{dataset}_{size}_{loss}"),
         log=R.model_dir("{dataset}_{size}_{loss}") / "train_log.csv",
+        **best_output(R.model_dir("{dataset}_{size}_{loss}")),
     params:
         out=lambda wc, output: Path(output.checkpoint).parent,
         knobs=train_knobs,
@@ -31,9 +60,11 @@ rule train_ma_weight:
     input:
         unpack(lambda wc: split_inputs(wc.dataset, "train")),
         code=TRAIN_CODE,
+        pretrained=PRETRAINED,
     output:
         checkpoint=R.checkpoint("{dataset}_{size}_mse_ma_w{weight}"),
         log=R.model_dir("{dataset}_{size}_mse_ma_w{weight}") / "train_log.csv",
+        **best_output(R.model_dir("{dataset}_{size}_mse_ma_w{weight}")),
     params:
         out=lambda wc, output: Path(output.checkpoint).parent,
         knobs=lambda wc: train_knobs(wc, ma_weight_in_name=True),
