@@ -5,9 +5,9 @@ CUDA) -> ``[..., K, 2]`` float32 ``(x, y)`` in heatmap px on the same device, pi
 (input px = heatmap px x stride, see :mod:`popos.geometry`). ``sigma`` is the Gaussian's standard
 deviation in heatmap px.
 
-Six methods (:data:`METHODS`): ``one_hot``, ``two_hot`` (:mod:`.argmax`), ``dark`` (:mod:`.dark`),
-``keyposs``, ``igno`` (:mod:`.multilateration`) and ``popos`` (:mod:`.popos`). :data:`VARIANTS` names them
-plus ``popos_authors``, our ``popos`` set to the authors' released decoder.
+Seven methods (:data:`METHODS`): ``one_hot``, ``two_hot`` (:mod:`.argmax`), ``dark`` (:mod:`.dark`),
+``keyposs``, ``igno`` (:mod:`.multilateration`), ``popos`` (ours, :mod:`.popos`) and ``popos_authors``
+(the authors' released decoder, :mod:`.popos_authors`). :data:`VARIANTS` names each with its options.
 
 >>> import torch
 >>> from popos.codec import encode_heatmaps
@@ -23,13 +23,12 @@ from typing import Mapping, Sequence
 
 from torch import Tensor
 
-from popos.decoders import argmax, dark, multilateration, popos  # noqa: F401 (registers the methods)
+from popos.decoders import argmax, dark, multilateration, popos, popos_authors  # noqa: F401 (registers the methods)
 from popos.decoders.base import METHODS, register
 from popos.decoders.popos import PRESETS, default_anchors
 
 #: display name -> (method, options): every method under its own name, and the authors' POPoS
 VARIANTS: dict[str, tuple[str, dict]] = {name: (name, {}) for name in METHODS}
-VARIANTS["popos_authors"] = ("popos", {"preset": "authors"})
 
 __all__ = ["METHODS", "PRESETS", "VARIANTS", "decode", "default_anchors", "register", "resolve_variants"]
 
