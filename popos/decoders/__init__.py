@@ -7,7 +7,9 @@ deviation in heatmap px.
 
 Seven methods (:data:`METHODS`): ``one_hot``, ``two_hot`` (:mod:`.argmax`), ``dark`` (:mod:`.dark`),
 ``keyposs``, ``igno`` (:mod:`.multilateration`), ``popos`` (ours, :mod:`.popos`) and ``popos_authors``
-(the authors' released decoder, :mod:`.popos_authors`). :data:`VARIANTS` names each with its options.
+(the authors' released decoder, :mod:`.popos_authors`). :data:`VARIANTS` names each with its options, plus
+``keyposs_peak`` and ``igno_damped``, our variants of KeyPosS and IGNO (``keyposs``, ``igno`` and
+``popos_authors`` reproduce the authors' code bit for bit).
 
 >>> import torch
 >>> from popos.codec import encode_heatmaps
@@ -29,6 +31,10 @@ from popos.decoders.popos import PRESETS, default_anchors
 
 #: display name -> (method, options): every method under its own name, and the authors' POPoS
 VARIANTS: dict[str, tuple[str, dict]] = {name: (name, {}) for name in METHODS}
+# ours, beside the published methods (which their names reproduce bit for bit): KeyPosS on the best
+# 2 x 2 block containing the argmax, and IGNO damped, never worse than its start
+VARIANTS["keyposs_peak"] = ("keyposs", {"block": "peak"})
+VARIANTS["igno_damped"] = ("igno", {"solver": "damped"})
 
 __all__ = ["METHODS", "PRESETS", "VARIANTS", "decode", "default_anchors", "register", "resolve_variants"]
 

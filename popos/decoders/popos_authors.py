@@ -16,18 +16,14 @@ import math
 import torch
 from torch import Tensor
 
-from popos.codec import distance_maps
-from popos.decoders.base import (
-    argmax_xy,
-    check_float,
-    check_int,
-    clamp_to_map,
-    flat_maps,
-    no_peak,
-    register,
-    unflatten,
+from popos.decoders.base import argmax_xy, check_float, check_int, flat_maps, no_peak, register, unflatten
+from popos.decoders.multilateration import (
+    anchor_window,
+    authors_argmax,
+    authors_ranges,
+    authors_station,
+    authors_top_anchors,
 )
-from popos.decoders.multilateration import EPS, anchor_window, keyposs_station, top_anchors
 
 #: the authors' anchors K and search region S (heatmap px) per heatmap side (POPoS
 #: ``keypoints_from_heatmaps_randomsample_lls``); other sides get :data:`AUTHORS_OTHER`
@@ -169,6 +165,22 @@ def _l1_search(anchors: Tensor, d2: Tensor, centre: Tensor, steps: Tensor) -> Te
 
 def _l1_search_chunk(anchors: Tensor, d2: Tensor, centre: Tensor, steps: Tensor) -> Tensor:
     """:func:`_l1_search` on one chunk of heatmaps, ``-1`` where it needs the brute force."""
+    b = len(d2)
+    found = _l1_prune(anchors, d2, centre, steps)
+    if found is None:
+        return torch.full((b,), -1, device=d2.device)
+    row, key, cost, _ = found
+    low, best = _least(cost, row, b, key)
+    return torch.where(torch.isfinite(low), best, -1)  # no candidate left, or NaN (amin propagates it)
+
+
+def _l1_prune(
+    anchors: Tensor, d2: Tensor, centre: Tensor, steps: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """The branch and bound of :func:`_l1_search` on one chunk of ``b`` heatmaps, down to the candidates it
+    keeps: their heatmap ``row``, index ``key`` (``i * n + j``) and float32 ``cost`` (three ``[M]``), and
+    each heatmap's rounding ``margin [b]``; every candidate whose cost is within ``margin`` of its
+    heatmap's least is among them. A heatmap over the cell budget keeps none; ``None``: none kept any."""
     b, k = d2.shape
     n = steps.numel()
     dev = d2.device
@@ -190,7 +202,7 @@ def _l1_search_chunk(anchors: Tensor, d2: Tensor, centre: Tensor, steps: Tensor)
     i = j = torch.zeros_like(row)
     for side in [*levels, 1]:
         if row.numel() == 0:
-            return torch.full((b,), -1, device=dev)
+            return None
         sub = torch.arange(split, device=dev)[:, None]
         i, j = i * split + sub, j * split + sub  # [split, cells]: the rows and columns of their children
         split = 2
@@ -213,18 +225,101 @@ def _l1_search_chunk(anchors: Tensor, d2: Tensor, centre: Tensor, steps: Tensor)
         row, i, j = row.index_select(0, kept), i.index_select(0, kept), j.index_select(0, kept)
     x, y = (c.flatten().index_select(0, (row * n + ij).flatten()).view(2, -1) for c, ij in ((cx, j), (cy, i)))
     cost = _l1_costs(planes.flatten(1).index_select(0, row).view(1, 1, -1, 3, k), x[None], y[:, None])  # [2, 2, cells]
-    low, best = _least(cost.flatten(), row.repeat(4), b, (i[:, None] * n + j).flatten())
-    return torch.where(torch.isfinite(low), best, -1)  # no candidate left, or NaN (amin propagates it)
+    return row.repeat(4), (i[:, None] * n + j).flatten(), cost.flatten(), margin
 
 
 def _least(values: Tensor, row: Tensor, b: int, key: Tensor) -> tuple[Tensor, Tensor]:
     """Per row ``0..b-1`` of entries ``values [N]`` in rows ``row [N]``: the least value, and the least ``key``
     (int64 ``[N]``) among the entries that have it: two ``[b]`` (``inf`` and the largest int64 for a row
-    with no entries)."""
-    low = torch.full((b,), math.inf, device=values.device).scatter_reduce_(0, row, values, "amin")
+    with no entries; ``low`` in the dtype of ``values``)."""
+    low = torch.full((b,), math.inf, dtype=values.dtype, device=values.device).scatter_reduce_(0, row, values, "amin")
     none = torch.iinfo(torch.int64).max
     tied = torch.where(values == low.index_select(0, row), key, none)
     return low, torch.full((b,), none, device=values.device).scatter_reduce_(0, row, tied, "amin")
+
+
+def numpy_sum(values: Tensor) -> Tensor:
+    """Sum over the last dim, rounded as NumPy's ``np.sum`` along a contiguous axis (the authors' costs):
+    pairwise, with 8 running partial sums over blocks of up to 128 values. ``[..., n] -> [...]``."""
+    n = values.shape[-1]
+    if n < 8:
+        out = torch.zeros_like(values[..., 0])
+        for i in range(n):
+            out = out + values[..., i]
+        return out
+    if n > 128:
+        half = n // 2 - (n // 2) % 8
+        return numpy_sum(values[..., :half]) + numpy_sum(values[..., half:])
+    lanes = values[..., :8].clone()
+    whole = n - n % 8
+    for i in range(8, whole, 8):
+        lanes += values[..., i : i + 8]
+    r = lanes.unbind(-1)
+    out = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+    for i in range(whole, n):
+        out = out + values[..., i]
+    return out
+
+
+def authors_grid(station: Tensor, region: float, tau: float, n: int) -> Tensor:
+    """The authors' candidate grid (``random_sample_around_rhomboid``) per axis: float64 ``[B, 2, n]``.
+
+    For each axis of ``station [B, 2]``: ``n`` points from ``(s - region / 2) - tau / 2`` to
+    ``(s + region / 2) - tau / 2``, rounded as NumPy's ``linspace`` in float64 (``i * step + start``,
+    the last point set to the end). Candidate ``(i, j)`` is ``(x_j, y_i)``.
+    """
+    s = station.double()
+    start, stop = (s - region / 2) - tau / 2, (s + region / 2) - tau / 2
+    if n == 1:
+        return start[..., None]
+    i = torch.arange(n, dtype=torch.float64, device=station.device)
+    grid = i * ((stop - start) / (n - 1))[..., None] + start[..., None]
+    grid[..., -1] = stop
+    return grid
+
+
+def _exact_l1_costs(anchors: Tensor, d: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """The authors' cost ``sum_k | |a_k - (x, y)| - d_k |`` in float64, rounded as theirs, for float64
+    anchors ``[b, K, 2]`` and ranges ``[b, K]`` and points ``x, y [b, ...]``: ``[b, ...]``."""
+    shape = (len(d),) + (1,) * (x.ndim - 1) + (d.shape[1],)
+    ax, ay, d = anchors[..., 0].view(shape), anchors[..., 1].view(shape), d.view(shape)
+    rho = ((x[..., None] - ax) ** 2 + (y[..., None] - ay) ** 2).sqrt()
+    return numpy_sum((rho - d).abs())
+
+
+def _authors_choice(anchors: Tensor, d: Tensor, station: Tensor, grid: Tensor, region: float, tau: float) -> Tensor:
+    """Index ``i * n + j`` of the first candidate of least :func:`_exact_l1_costs`, ``[B]`` int64.
+
+    Where the grid allows (:func:`_l1_levels`), the float32 branch and bound of :func:`_l1_search` (on the
+    float32 grid ``station + offset``, which it covers with its rounding slack) prunes the grid, and the
+    candidates it keeps within its rounding margin of the least float32 cost are rescored exactly;
+    heatmaps it cannot settle, and other grids, are scored in full.
+    """
+    b, n = len(d), grid.shape[-1]
+    best = torch.full((b,), -1, dtype=torch.long, device=d.device)
+    if _l1_levels(n):
+        steps = (torch.linspace(-region / 2, region / 2, n, dtype=torch.float64, device=d.device) - tau / 2).float()
+        coords, d2 = anchors.float(), d.square().float()
+        for sl in _chunks(b, max((n // _l1_levels(n)[0]) ** 2, 4 * L1_CELLS) * d.shape[1]):
+            found = _l1_prune(coords[sl], d2[sl], station[sl], steps)
+            if found is None:
+                continue
+            row, key, cost, margin = found
+            low = _least(cost, row, len(d2[sl]), key)[0]
+            near = (cost <= (low + margin).index_select(0, row)).nonzero()[:, 0]
+            row, key = row.index_select(0, near), key.index_select(0, near)
+            g = grid[sl].index_select(0, row)
+            x, y = g[:, 0].gather(1, (key % n)[:, None])[:, 0], g[:, 1].gather(1, (key // n)[:, None])[:, 0]
+            exact = _exact_l1_costs(anchors[sl].index_select(0, row), d[sl].index_select(0, row), x, y)
+            low, choice = _least(exact, row, len(d2[sl]), key)
+            best[sl] = torch.where(torch.isfinite(low), choice, -1)
+    rows = (best < 0).nonzero()[:, 0]
+    for sl in _chunks(rows.numel(), n * n * d.shape[1]):
+        r = rows[sl]
+        g = grid.index_select(0, r)
+        cost = _exact_l1_costs(anchors.index_select(0, r), d.index_select(0, r), g[:, 0, None, :], g[:, 1, :, None])
+        best[r] = cost.flatten(1).argmin(-1)
+    return best
 
 
 @register("popos_authors")
@@ -236,36 +331,37 @@ def popos_authors(
     region: float | None = None,
     samples_per_pixel: float | None = None,
 ) -> Tensor:
-    """The authors' POPoS decoder: ``[..., K, H, W] -> [..., K, 2]`` heatmap px (H, W >= 2).
+    """The authors' POPoS decoder, bit for bit: ``[..., K, H, W] -> [..., K, 2]`` heatmap px (H, W >= 2).
 
-    Options left at ``None`` take :func:`authors_preset`'s value for the map size. The grid:
-    ``int(region * samples_per_pixel)`` candidates per axis spanning ``region`` heatmap px, centred on the
-    KeyPosS station shifted by the preset's ``grid_offset``; the ``anchors`` largest pixels of a window
-    around the argmax; the first candidate (row-major) of least ``"l1"`` cost. Maps with no peak around
-    the argmax (:func:`~popos.decoders.base.no_peak`) give the argmax.
+    Their ``keypoints_from_heatmaps_randomsample_lls`` after mmpose's argmax: the KeyPosS station
+    (:func:`~popos.decoders.multilateration.authors_station`), a grid of ``n = int(region / tau)``
+    candidates per axis around it (:func:`authors_grid`, ``tau = H / 128`` heatmap px), the ``anchors``
+    largest pixels of the whole map with ranges ``d_k`` (float64), and the first candidate of least
+    ``sum_k | |a_k - p| - d_k |`` (float64, :func:`_exact_l1_costs`), returned as float32. ``anchors`` and
+    ``region`` default to :data:`AUTHORS_SIZES` for the map height (else :data:`AUTHORS_OTHER`);
+    ``samples_per_pixel`` (sweeps) sets ``tau = 1 / samples_per_pixel`` and
+    ``n = floor(region * samples_per_pixel)``. No clamping (a point may leave the map, as theirs). Maps with
+    no peak among the anchors (:func:`~popos.decoders.base.no_peak`: all values <= 0 or all equal, where
+    their result depends on the order of equal values) give the argmax.
     """
     check_float("sigma", sigma, 0.0, strict=True)
     maps = flat_maps(heatmaps, min_size=2)
-    n, height, width = maps.shape
-    s = authors_preset(height, width)
-    given = dict(anchors=anchors, region=region, samples_per_pixel=samples_per_pixel)
-    s.update({k: v for k, v in given.items() if v is not None})
-    check_int("anchors", s["anchors"], 3)
-    check_float("region", s["region"], 0.0)
-    check_float("samples_per_pixel", s["samples_per_pixel"], 0.0, strict=True)
-    x, y = argmax_xy(maps)
-    centre = keyposs_station(maps, x, y, sigma)
-    steps = _grid(s["region"], s["samples_per_pixel"], s["grid_offset"], maps.device)
-    cx, cy = (centre[:, :, None] + steps).unbind(1)  # [B, n]: candidate columns (x) and rows (y)
-    values, coords = top_anchors(maps, x, y, s["anchors"], s["window"])
-    d2 = distance_maps(values, sigma, EPS, True)
-    if _l1_levels(steps.numel()):
-        best = _l1_search(coords, d2, centre, steps)
+    height = maps.shape[1]
+    k, s = AUTHORS_SIZES.get(height, AUTHORS_OTHER)
+    k = check_int("anchors", k if anchors is None else anchors, 3)
+    s = check_float("region", s if region is None else region, 0.0)
+    if samples_per_pixel is None:
+        tau = height / 128
+        n = int(s / tau)
     else:
-        per_item = steps.numel() ** 2 * coords.shape[1]
-        best = torch.cat([_range_grid_scores(coords[sl], d2[sl], cx[sl], cy[sl], "l1", False).flatten(1).argmin(-1)
-                          for sl in _chunks(n, per_item)])  # fmt: skip
-    m = steps.numel()
-    p = torch.stack([cx.gather(1, (best % m)[:, None])[:, 0], cy.gather(1, (best // m)[:, None])[:, 0]], -1)
-    p = clamp_to_map(p, height, width)
-    return unflatten(torch.where(no_peak(values)[:, None], torch.stack([x, y], -1).float(), p), heatmaps)
+        tau = 1 / check_float("samples_per_pixel", samples_per_pixel, 0.0, strict=True)
+        n = math.floor(s * samples_per_pixel + 1e-9)
+    station = authors_station(maps, authors_argmax(maps), sigma)
+    values, coords = authors_top_anchors(maps, k)
+    d = authors_ranges(values, sigma)
+    grid = authors_grid(station, s, tau, max(n, 1))
+    best = _authors_choice(coords, d, station, grid, s, tau)
+    m = grid.shape[-1]
+    p = torch.stack([grid[:, 0].gather(1, (best % m)[:, None]), grid[:, 1].gather(1, (best // m)[:, None])], -1)[:, 0]
+    x, y = argmax_xy(maps)
+    return unflatten(torch.where(no_peak(values)[:, None], torch.stack([x, y], -1).double(), p), heatmaps)
