@@ -67,7 +67,8 @@ def error_input_px(pred: torch.Tensor, truth: torch.Tensor, size: int) -> torch.
 
 def test_registry_holds_the_seven_methods():
     assert set(METHODS) == {"one_hot", "two_hot", "dark", "keyposs", "igno", "popos", "popos_authors"}
-    assert VARIANTS == {name: (name, {}) for name in METHODS}
+    ours = {"keyposs_peak": ("keyposs", {"block": "peak"}), "igno_damped": ("igno", {"solver": "damped"})}
+    assert VARIANTS == {**{name: (name, {}) for name in METHODS}, **ours}
     assert set(PRESETS) == {"popos", "authors"}
 
 
@@ -309,10 +310,10 @@ def ref_dark(h: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(
     ("name", "reference", "size", "std", "atol"),
     [
-        ("keyposs", ref_keyposs, 16, 0.05, 1e-3),
-        ("keyposs", ref_keyposs, 4, 0.05, 1e-3),
-        ("igno", ref_igno, 16, 0.01, 2e-3),
-        ("igno", ref_igno, 8, 0.01, 2e-3),
+        ("keyposs_peak", ref_keyposs, 16, 0.05, 1e-3),
+        ("keyposs_peak", ref_keyposs, 4, 0.05, 1e-3),
+        ("igno_damped", ref_igno, 16, 0.01, 2e-3),
+        ("igno_damped", ref_igno, 8, 0.01, 2e-3),
         ("dark", ref_dark, 64, 0.002, 1e-3),
         ("dark", ref_dark, 16, 0.002, 1e-3),
     ],
@@ -337,7 +338,7 @@ def test_authors_preset_matches_plain_reference(size):
     pts = random_points(24, size, size, margin=1, seed=10)
     hm = noisy(encode_heatmaps(pts, size), 0.03, seed=11)
     want = np.stack([ref_authors(m.double().numpy()) for m in hm])
-    got = decode(hm[None], "popos_authors")[0].numpy()
+    got = decode(hm[None], "popos", preset="authors")[0].numpy()  # the preset keeps our station (ref_keyposs)
     spacing = AUTHORS_SIZES[size][1] / (int(AUTHORS_SIZES[size][1] * 128 / size) - 1)
     close = np.abs(got - want).max(1) < 1e-4
     # float32 vs float64 may break a near tie between grid points: rare, and then a neighbour
@@ -565,7 +566,7 @@ def test_igno_never_returns_a_worse_point_than_its_start(size, amplitude):
     values, coords = top_anchors(maps, x, y, k, anchor_window(k))
     evaluate = range_residuals(coords, -8 * torch.log(values.clamp(1e-9, 1)), "l2")
     start = torch.stack([x.float(), y.float(), torch.zeros(64)], -1)
-    end = torch.cat([decode(hm[None], "igno")[0], torch.zeros(64, 1)], -1)
+    end = torch.cat([decode(hm[None], "igno_damped")[0], torch.zeros(64, 1)], -1)
     assert (evaluate(end)[0] <= evaluate(start)[0] + 1e-3).all()
 
 
@@ -576,7 +577,7 @@ def test_igno_reaches_the_least_squares_fit_of_under_confident_peaks(size):
     amplitude = 0.6 + 0.4 * torch.rand(24, 1, 1, generator=torch.Generator().manual_seed(5))
     hm = noisy(amplitude * encode_heatmaps(pts, size), 0.02, seed=7)
     want = np.stack([ref_igno(m.double().numpy()) for m in hm])
-    np.testing.assert_allclose(decode(hm[None], "igno")[0].numpy(), want, atol=2e-3)
+    np.testing.assert_allclose(decode(hm[None], "igno_damped")[0].numpy(), want, atol=2e-3)
 
 
 def test_squared_range_newton_leaves_a_saddle_for_the_minimum():
