@@ -164,7 +164,7 @@ def authors_block(maps: Tensor, start: Tensor) -> tuple[Tensor, Tensor]:
     bx = corner[:, None, :, 0].expand(n, 3, 3).reshape(n, 9)  # scan order: row (y) outer, column (x) inner
     by = corner[:, :, None, 1].expand(n, 3, 3).reshape(n, 9)
     ok = (scanned[:, None, :, 0] & scanned[:, :, None, 1]).reshape(n, 9)
-    flat = maps.reshape(n, -1).float()
+    flat = maps.reshape(n, height * width).float()
     top_left = by * width + bx
     v = [flat.gather(1, top_left + dy * width + dx) for dx, dy in _BLOCK]
     sums = ((v[0] + v[1]) + v[2]) + v[3]
@@ -181,11 +181,11 @@ def authors_station(maps: Tensor, start: Tensor, sigma: float) -> Tensor:
     last anchor ``a_L`` as reference, ``y_i = ((((d_i^2 + x_L^2) + y_L^2) - d_L^2) - x_i^2) - y_i^2) / 2`` in
     float64, rounded to float32, and ``p = M y`` in float32, summed in order, ``M`` from :func:`_lls_matrix`.
     """
-    n, _, width = maps.shape
+    n, height, width = maps.shape
     x0, y0 = authors_block(maps, start)
     ax = torch.stack([x0 + dx for dx, _ in _BLOCK], -1).double()
     ay = torch.stack([y0 + dy for _, dy in _BLOCK], -1).double()
-    values = maps.reshape(n, -1).float().gather(1, (ay * width + ax).long())
+    values = maps.reshape(n, height * width).float().gather(1, (ay * width + ax).long())
     d = authors_ranges(values, sigma)
     d2 = d * d
     rhs = ((((d2[:, :3] + ax[:, 3:] ** 2) + ay[:, 3:] ** 2) - d2[:, 3:]) - ax[:, :3] ** 2) - ay[:, :3] ** 2
