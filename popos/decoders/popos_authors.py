@@ -1,12 +1,16 @@
-"""The authors' POPoS decoder (teslatasy/POPoS, ``keypoints_from_heatmaps_randomsample_lls``), as options of a grid.
+"""The authors' POPoS decoder (teslatasy/POPoS, ``keypoints_from_heatmaps_randomsample_lls``), bit for bit.
 
 ``heatmaps [..., K, H, W] -> [..., K, 2]`` float32 ``(x, y)`` in heatmap px, pixel ``i`` centred at ``i``.
 
 The paper (AAAI 2025, section 3.3) reads the heatmap value at each anchor pixel ``a_i`` as a range,
 ``d_i^2 = -2 sigma^2 ln h_i``, and picks, from a grid of candidate points around the KeyPosS station,
 the one whose ranges best match: the least sum of absolute range residuals ``| |a_i - p| - d_i |``
-(objective ``"l1"``). The grid is searched by branch and bound (:func:`_l1_search`), bit for bit the
-brute force's choice. Per heatmap side, the anchors K and the search region come from :data:`AUTHORS_SIZES`.
+(objective ``"l1"``). :func:`popos_authors` repeats their NumPy code's float32/float64 operations (station
+of :mod:`.multilateration`, float64 grid and costs, summed in NumPy's order), so it returns their float32
+coordinates to the bit; only the order of equal heatmap values among the top K (NumPy's unstable sort)
+is not reproduced. The grid is searched by branch and bound (:func:`_l1_search`), which also serves
+``popos(preset="authors")`` (:func:`authors_preset`: their parameters on our float32 grid). Per heatmap
+side, the anchors K and the search region come from :data:`AUTHORS_SIZES`.
 """
 
 from __future__ import annotations
@@ -34,7 +38,10 @@ CHUNK_ELEMENTS = 1 << 22
 
 
 def authors_preset(height: int, width: int) -> dict:
-    """The authors' decoder settings for an ``height x width`` map.
+    """The authors' settings as options of our ``popos`` (``preset="authors"``) for an ``height x width`` map.
+
+    An approximation of :func:`popos_authors` on our parts (our KeyPosS block, window anchors, float32
+    grid), for varying one of our options at a time from the authors' setting.
 
     Their K and S come from :data:`AUTHORS_SIZES` (square maps); the sampling step is ``tau = H / 128``
     heatmap px (2 input px at a 256 input), so ``samples_per_pixel = 1 / tau`` and ``n = int(S / tau)``
