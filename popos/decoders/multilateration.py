@@ -110,13 +110,13 @@ def keyposs_station(maps: Tensor, x: Tensor, y: Tensor, sigma: float) -> Tensor:
     return linear_least_squares(pick, d2)
 
 
-def authors_argmax(maps: Tensor) -> Tensor:
-    """mmpose's ``_get_max_preds``: ``[B, 2]`` float32 ``(x, y)`` of each map's first maximum (row-major),
-    ``-1`` where the maximum is not positive. The authors' decoders start from it."""
+def authors_argmax(maps: Tensor) -> tuple[Tensor, Tensor]:
+    """Each map's first maximum (row-major) and mmpose's ``_get_max_preds`` of it, which the authors'
+    decoders start from: two ``[B, 2]`` float32 ``(x, y)``, the second ``-1`` where the maximum is not positive."""
     n, height, width = maps.shape
     top, idx = maps.reshape(n, height * width).max(-1)
     xy = torch.stack([idx % width, torch.div(idx, width, rounding_mode="floor")], -1).float()
-    return torch.where((top > 0)[:, None], xy, -1.0)
+    return xy, torch.where((top > 0)[:, None], xy, -1.0)
 
 
 def authors_ranges(values: Tensor, sigma: float) -> Tensor:
@@ -146,9 +146,9 @@ _LLS = _lls_matrix()
 def authors_block(maps: Tensor, start: Tensor) -> tuple[Tensor, Tensor]:
     """Top-left pixel ``(x0, y0)`` (two int64 ``[B]``) of the authors' KeyPosS block (``block_search``).
 
-    ``maps [B, H, W]`` (H, W >= 2), ``start [B, 2]`` from :func:`authors_argmax`. With ``c = int(start + 0.5)``
-    per axis, the scan covers the 2 x 2 blocks whose top-left corner runs from ``max(c - 2, 0)`` to
-    ``min(c + 3, size) - 3`` (rows outer, columns inner): up to 3 x 3 blocks, some of which miss the
+    ``maps [B, H, W]`` (H, W >= 2), ``start [B, 2]`` (the second of :func:`authors_argmax`). With
+    ``c = int(start + 0.5)`` per axis, the scan covers the 2 x 2 blocks whose top-left corner runs from
+    ``max(c - 2, 0)`` to ``min(c + 3, size) - 3`` (rows outer, columns inner): up to 3 x 3 blocks, some miss the
     argmax, and none reaches the last row or column. It keeps the block of largest float32 sum
     ``((h00 + h01) + h10) + h11``, the LAST of equal sums (``>=``); with no block scanned on an axis (a
     side of 2) or no sum at least :data:`AUTHORS_BLOCK_FLOOR`, the first block ``(max(c - 2, 0), ...)``.
@@ -213,7 +213,7 @@ def keyposs(heatmaps: Tensor, *, sigma: float = 2.0, block: str = "authors") -> 
     check_choice("block", block, ("authors", "peak"))
     maps = flat_maps(heatmaps, min_size=2)
     if block == "authors":
-        return unflatten(authors_station(maps, authors_argmax(maps), sigma), heatmaps)
+        return unflatten(authors_station(maps, authors_argmax(maps)[1], sigma), heatmaps)
     x, y = argmax_xy(maps)
     return unflatten(clamp_to_map(keyposs_station(maps, x, y, sigma), *maps.shape[1:]), heatmaps)
 
@@ -505,12 +505,13 @@ def igno(
     check_choice("objective", objective, ("l2", "l1"))
     if solver == "authors" and objective != "l2":
         raise ValueError("objective='l1' needs solver='damped' (the authors' Gauss-Newton is on squared ranges)")
-    x, y = argmax_xy(maps)
-    start = torch.stack([x, y], -1).float()
     if solver == "authors":
         values, coords = authors_top_anchors(maps, k)
-        p = authors_gauss_newton(coords, authors_ranges(values, sigma), authors_argmax(maps), iterations)
-        return unflatten(torch.where(no_peak(values)[:, None], start, p), heatmaps)
+        top, start = authors_argmax(maps)
+        p = authors_gauss_newton(coords, authors_ranges(values, sigma), start, iterations)
+        return unflatten(torch.where(no_peak(values)[:, None], top, p), heatmaps)
+    x, y = argmax_xy(maps)
+    start = torch.stack([x, y], -1).float()
     values, coords = top_anchors(maps, x, y, k, anchor_window(k))
     d2 = distance_maps(values, sigma, EPS, squared=True)
     if objective == "l2":

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from popos.decoders.base import argmax_xy, check_float, check_int, flat_maps, no_peak, register, unflatten
+from popos.decoders.base import check_float, check_int, flat_maps, no_peak, register, unflatten
 from popos.decoders.multilateration import (
     anchor_window,
     authors_argmax,
@@ -363,12 +363,12 @@ def popos_authors(
     else:
         tau = 1 / check_float("samples_per_pixel", samples_per_pixel, 0.0, strict=True)
         n = math.floor(s * samples_per_pixel + 1e-9)
-    station = authors_station(maps, authors_argmax(maps), sigma)
+    top, start = authors_argmax(maps)
+    station = authors_station(maps, start, sigma)
     values, coords = authors_top_anchors(maps, k)
     d = authors_ranges(values, sigma)
     grid = authors_grid(station, s, tau, max(n, 1))
     best = _authors_choice(coords, d, station, grid, s, tau)
     m = grid.shape[-1]
     p = torch.stack([grid[:, 0].gather(1, (best % m)[:, None]), grid[:, 1].gather(1, (best // m)[:, None])], -1)[:, 0]
-    x, y = argmax_xy(maps)
-    return unflatten(torch.where(no_peak(values)[:, None], torch.stack([x, y], -1).double(), p), heatmaps)
+    return unflatten(torch.where(no_peak(values)[:, None], top.double(), p), heatmaps)
