@@ -5,9 +5,11 @@ CUDA) -> ``[..., K, 2]`` float32 ``(x, y)`` in heatmap px on the same device, pi
 (input px = heatmap px x stride, see :mod:`popos.geometry`). ``sigma`` is the Gaussian's standard
 deviation in heatmap px.
 
-Six methods (:data:`METHODS`): ``one_hot``, ``two_hot`` (:mod:`.argmax`), ``dark`` (:mod:`.dark`),
-``keyposs``, ``igno`` (:mod:`.multilateration`) and ``popos`` (:mod:`.popos`). :data:`VARIANTS` names them
-plus ``popos_authors``, our ``popos`` set to the authors' released decoder.
+Seven methods (:data:`METHODS`): ``one_hot``, ``two_hot`` (:mod:`.argmax`), ``dark`` (:mod:`.dark`),
+``keyposs``, ``igno`` (:mod:`.multilateration`), ``popos`` (ours, :mod:`.popos`) and ``popos_authors``
+(the authors' released decoder, :mod:`.popos_authors`). :data:`VARIANTS` names each with its options, plus
+``keyposs_peak`` and ``igno_damped``, our variants of KeyPosS and IGNO (``keyposs``, ``igno`` and
+``popos_authors`` reproduce the authors' code bit for bit).
 
 >>> import torch
 >>> from popos.codec import encode_heatmaps
@@ -23,13 +25,16 @@ from typing import Mapping, Sequence
 
 from torch import Tensor
 
-from popos.decoders import argmax, dark, multilateration, popos  # noqa: F401 (registers the methods)
+from popos.decoders import argmax, dark, multilateration, popos, popos_authors  # noqa: F401 (registers the methods)
 from popos.decoders.base import METHODS, register
 from popos.decoders.popos import PRESETS, default_anchors
 
 #: display name -> (method, options): every method under its own name, and the authors' POPoS
 VARIANTS: dict[str, tuple[str, dict]] = {name: (name, {}) for name in METHODS}
-VARIANTS["popos_authors"] = ("popos", {"preset": "authors"})
+# ours, beside the published methods (which their names reproduce bit for bit): KeyPosS on the best
+# 2 x 2 block containing the argmax, and IGNO damped, never worse than its start
+VARIANTS["keyposs_peak"] = ("keyposs", {"block": "peak"})
+VARIANTS["igno_damped"] = ("igno", {"solver": "damped"})
 
 __all__ = ["METHODS", "PRESETS", "VARIANTS", "decode", "default_anchors", "register", "resolve_variants"]
 

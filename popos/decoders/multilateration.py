@@ -91,9 +91,10 @@ def linear_least_squares(anchors: Tensor, d2: Tensor) -> Tensor:
 def keyposs_station(maps: Tensor, x: Tensor, y: Tensor, sigma: float) -> Tensor:
     """KeyPosS's 4-anchor estimate on ``maps [B, H, W]`` (H, W >= 2) with argmax ``(x, y)`` -> ``[B, 2]`` px.
 
-    Anchors: of the 2 x 2 blocks inside the map that contain the argmax, the one with the largest sum
-    (first in row-major order on ties). The authors scan the blocks with top-left corner up to 2 px
-    above/left of the argmax, some of which miss it, and never use the last row or column.
+    Ours (``keyposs(block="peak")`` and ``popos``'s ``station="keyposs"``). Anchors: of the 2 x 2 blocks
+    inside the map that contain the argmax, the one with the largest sum (first in row-major order on
+    ties). The authors' rule (:func:`authors_block`) also scans blocks that miss the argmax, never uses
+    the last row or column and keeps the last of equal blocks.
     """
     n, height, width = maps.shape
     corner = torch.tensor([[-1, -1], [0, -1], [-1, 0], [0, 0]], device=maps.device)  # block top-left - argmax
@@ -109,16 +110,110 @@ def keyposs_station(maps: Tensor, x: Tensor, y: Tensor, sigma: float) -> Tensor:
     return linear_least_squares(pick, d2)
 
 
+def authors_argmax(maps: Tensor) -> tuple[Tensor, Tensor]:
+    """Each map's first maximum (row-major) and mmpose's ``_get_max_preds`` of it, which the authors'
+    decoders start from: two ``[B, 2]`` float32 ``(x, y)``, the second ``-1`` where the maximum is not positive."""
+    n, height, width = maps.shape
+    top, idx = maps.reshape(n, height * width).max(-1)
+    xy = torch.stack([idx % width, torch.div(idx, width, rounding_mode="floor")], -1).float()
+    return xy, torch.where((top > 0)[:, None], xy, -1.0)
+
+
+def authors_ranges(values: Tensor, sigma: float) -> Tensor:
+    """The authors' ranges ``d = sqrt(-2 sigma^2 ln h)``, ``h`` clipped to ``[1e-9, 1]``, in float64 as their
+    NumPy code computes them (a float32 value clipped by Python floats promotes): ``[...]`` heatmap px."""
+    return ((-2.0 * sigma) * sigma * torch.log(values.double().clamp(EPS, 1.0))).sqrt()
+
+
+#: the authors' 2 x 2 block scan keeps its first block unless a sum reaches this (their starting best)
+AUTHORS_BLOCK_FLOOR = -99999999.0
+#: pixels of a 2 x 2 block, row-major, as offsets (x, y) from its top-left pixel; the last is the reference
+_BLOCK = ((0, 0), (1, 0), (0, 1), (1, 1))
+
+
+def _lls_matrix() -> list[list[Tensor]]:
+    """``(X^T X)^-1 X^T`` of the authors' 2 x 2 block solve, ``X`` rows ``a_L - a_i`` (the same for every
+    block), as their float32 ``np.linalg.inv`` gives it: the float32 rounding of the exact inverse (LAPACK
+    is exact here up to that rounding), times ``X^T`` (entries 0 and 1: exact). 2 x 3 float32 scalars."""
+    rows = torch.tensor([[_BLOCK[3][0] - bx, _BLOCK[3][1] - by] for bx, by in _BLOCK[:3]], dtype=torch.float64)
+    inv = torch.linalg.inv(rows.T @ rows).float().double()
+    return [list(r.unbind()) for r in (inv @ rows.T).float()]
+
+
+_LLS = _lls_matrix()
+
+
+def authors_block(maps: Tensor, start: Tensor) -> tuple[Tensor, Tensor]:
+    """Top-left pixel ``(x0, y0)`` (two int64 ``[B]``) of the authors' KeyPosS block (``block_search``).
+
+    ``maps [B, H, W]`` (H, W >= 2), ``start [B, 2]`` (the second of :func:`authors_argmax`). With
+    ``c = int(start + 0.5)`` per axis, the scan covers the 2 x 2 blocks whose top-left corner runs from
+    ``max(c - 2, 0)`` to ``min(c + 3, size) - 3`` (rows outer, columns inner): up to 3 x 3 blocks, some miss the
+    argmax, and none reaches the last row or column. It keeps the block of largest float32 sum
+    ``((h00 + h01) + h10) + h11``, the LAST of equal sums (``>=``); with no block scanned on an axis (a
+    side of 2) or no sum at least :data:`AUTHORS_BLOCK_FLOOR`, the first block ``(max(c - 2, 0), ...)``.
+    """
+    n, height, width = maps.shape
+    size = torch.tensor([width, height], device=maps.device)
+    c = torch.trunc(start + 0.5).long()  # Python's int()
+    low = (c - 2).clamp_min(0)
+    count = torch.minimum(c + 3, size) - low - 2  # blocks scanned per axis (may be <= 0)
+    step = torch.arange(3, device=maps.device)
+    corner = torch.minimum(low[:, None, :] + step[:, None], size - 2)  # [B, 3, 2] (clamped: unscanned anyway)
+    scanned = step[:, None] < count[:, None, :]
+    bx = corner[:, None, :, 0].expand(n, 3, 3).reshape(n, 9)  # scan order: row (y) outer, column (x) inner
+    by = corner[:, :, None, 1].expand(n, 3, 3).reshape(n, 9)
+    ok = (scanned[:, None, :, 0] & scanned[:, :, None, 1]).reshape(n, 9)
+    flat = maps.reshape(n, height * width).float()
+    top_left = by * width + bx
+    v = [flat.gather(1, top_left + dy * width + dx) for dx, dy in _BLOCK]
+    sums = ((v[0] + v[1]) + v[2]) + v[3]
+    sums = torch.where(ok & (sums.double() >= AUTHORS_BLOCK_FLOOR), sums, -math.inf)
+    last = 8 - sums.flip(-1).argmax(-1)  # the last of the largest
+    last = torch.where(sums.amax(-1) > -math.inf, last, 0)  # none: the first block
+    return bx.gather(1, last[:, None])[:, 0], by.gather(1, last[:, None])[:, 0]
+
+
+def authors_station(maps: Tensor, start: Tensor, sigma: float) -> Tensor:
+    """The authors' KeyPosS estimate (``block_search`` + ``LLS_solve``), bit for bit: ``[B, 2]`` float32 px.
+
+    Anchors: the 4 pixels of :func:`authors_block`, ranges by :func:`authors_ranges` (float64). With the
+    last anchor ``a_L`` as reference, ``y_i = ((((d_i^2 + x_L^2) + y_L^2) - d_L^2) - x_i^2) - y_i^2) / 2`` in
+    float64, rounded to float32, and ``p = M y`` in float32, summed in order, ``M`` from :func:`_lls_matrix`.
+    """
+    n, height, width = maps.shape
+    x0, y0 = authors_block(maps, start)
+    ax = torch.stack([x0 + dx for dx, _ in _BLOCK], -1).double()
+    ay = torch.stack([y0 + dy for _, dy in _BLOCK], -1).double()
+    values = maps.reshape(n, height * width).float().gather(1, (ay * width + ax).long())
+    d = authors_ranges(values, sigma)
+    d2 = d * d
+    rhs = ((((d2[:, :3] + ax[:, 3:] ** 2) + ay[:, 3:] ** 2) - d2[:, 3:]) - ax[:, :3] ** 2) - ay[:, :3] ** 2
+    rhs = (rhs * 0.5).float()
+    out = []
+    for m in _LLS:
+        acc = m[0] * rhs[:, 0]
+        acc = acc + m[1] * rhs[:, 1]
+        out.append(acc + m[2] * rhs[:, 2])
+    return torch.stack(out, -1)
+
+
 @register("keyposs")
-def keyposs(heatmaps: Tensor, *, sigma: float = 2.0) -> Tensor:
+def keyposs(heatmaps: Tensor, *, sigma: float = 2.0, block: str = "authors") -> Tensor:
     """KeyPosS (Bao et al., ACM MM 2023): linear least squares on a 2 x 2 block of anchors at the peak.
 
-    ``[..., K, H, W] -> [..., K, 2]`` heatmap px (H, W >= 2); see :func:`keyposs_station` and
-    :func:`linear_least_squares`. Exact on clean Gaussians of width ``sigma`` and unchanged by a
+    ``[..., K, H, W] -> [..., K, 2]`` heatmap px (H, W >= 2). ``block="authors"`` (default): their
+    ``keypoints_from_heatmaps_tril`` bit for bit (:func:`authors_station`: their block rule, float32
+    solve; maps without a positive value use the block at the top-left corner, as theirs). ``"peak"``
+    (ours, variant ``keyposs_peak``): the best block containing the argmax (:func:`keyposs_station`),
+    Cramer's rule, clamped to the map. Exact on clean Gaussians of width ``sigma`` and unchanged by a
     constant factor on the heatmap (while no value exceeds 1); sensitive to noise (4 anchors, no weighting).
     """
     check_float("sigma", sigma, 0.0, strict=True)
+    check_choice("block", block, ("authors", "peak"))
     maps = flat_maps(heatmaps, min_size=2)
+    if block == "authors":
+        return unflatten(authors_station(maps, authors_argmax(maps)[1], sigma), heatmaps)
     x, y = argmax_xy(maps)
     return unflatten(clamp_to_map(keyposs_station(maps, x, y, sigma), *maps.shape[1:]), heatmaps)
 
@@ -304,36 +399,121 @@ def gauss_newton(
     return out
 
 
+def authors_top_anchors(maps: Tensor, anchors: int) -> tuple[Tensor, Tensor]:
+    """The authors' anchors (``topK``): the ``anchors`` largest pixels of the whole map, largest first.
+
+    ``maps [B, H, W]`` -> values float32 ``[B, K]`` and pixel coordinates float64 ``[B, K, 2]`` ``(x, y)``.
+    Equal values come in an unspecified order (theirs: NumPy's unstable sort); only sums over anchors
+    depend on it, to their rounding.
+    """
+    n, height, width = maps.shape
+    values, idx = maps.reshape(n, height * width).float().topk(min(anchors, height * width), dim=-1)
+    return values, torch.stack([idx % width, torch.div(idx, width, rounding_mode="floor")], -1).double()
+
+
+def _solve_float32(h00: Tensor, h01: Tensor, h11: Tensor, b0: Tensor, b1: Tensor) -> tuple[Tensor, Tensor]:
+    """``[[h00, h01], [h01, h11]] delta = (b0, b1)`` for float32 ``[B]`` entries, as the authors'
+    ``np.linalg.solve`` in float32 gives it: the float32 rounding of the exact solution (float64 Cramer's
+    rule is that up to a rare last-bit tie). A singular system (theirs raises) gives a zero step."""
+    h00, h01, h11, b0, b1 = (t.double() for t in (h00, h01, h11, b0, b1))
+    det = h00 * h11 - h01 * h01
+    ok = det != 0
+    det = torch.where(ok, det, 1.0)
+    return (torch.where(ok, (h11 * b0 - h01 * b1) / det, 0.0).float(),
+            torch.where(ok, (h00 * b1 - h01 * b0) / det, 0.0).float())  # fmt: skip
+
+
+def authors_gauss_newton(anchors: Tensor, d: Tensor, start: Tensor, iterations: int) -> Tensor:
+    """The authors' ``fit_gauss_newton``, bit for bit, batched: ``[B, 2]`` float32 heatmap px.
+
+    Anchors float64 ``[B, K, 2]`` (summed in their order), ranges float64 ``[B, K]``, ``start [B, 2]``
+    float32. Each step: residuals ``e_k = |a_k - p|^2 - d_k^2`` and ``J_k = -2 (a_k - p)``;
+    ``H = sum J J^T``, ``B = -sum e J`` accumulated in float32; ``delta = H^-1 B``
+    (:func:`_solve_float32`); cost ``sum e^2``. The first step computes ``e`` and the cost in float64
+    (NumPy scalars), the later ones in float32 (the point has become a float32 array). From the second
+    step on, a cost at least the previous one (compared in float32) stops the loop before the update:
+    the point of that larger cost is returned. At most ``iterations`` updates; undamped.
+    """
+    ax, ay = anchors.unbind(-1)
+    d2 = d * d
+    x, y = start.unbind(-1)
+    active = torch.ones_like(x, dtype=torch.bool)
+    last = torch.zeros_like(d2[:, 0])
+    for step in range(iterations):
+        h00 = h01 = h11 = b0 = b1 = torch.zeros_like(x)
+        cost = torch.zeros_like(d2[:, 0] if step == 0 else x)
+        for k in range(d.shape[1]):
+            if step == 0:  # float64 residual, rounded to float32 where it meets the float32 arrays
+                ex, ey = ax[:, k] - x.double(), ay[:, k] - y.double()
+                e = (ex * ex + ey * ey) - d2[:, k]
+                ne, jx, jy = (-e).float(), (-2 * ex).float(), (-2 * ey).float()
+            else:
+                ex, ey = ax[:, k].float() - x, ay[:, k].float() - y
+                e = (ex * ex + ey * ey) - d2[:, k].float()
+                ne, jx, jy = -e, -2 * ex, -2 * ey
+            cost = cost + e * e
+            h00, h01, h11 = h00 + jx * jx, h01 + jx * jy, h11 + jy * jy
+            b0, b1 = b0 + ne * jx, b1 + ne * jy
+        if step > 0:
+            active &= ~(cost >= last.float())  # (a NaN cost does not stop theirs)
+        dx, dy = _solve_float32(h00, h01, h11, b0, b1)
+        x, y = torch.where(active, x + dx, x), torch.where(active, y + dy, y)
+        last = torch.where(active, cost.double(), last)
+        if not bool(active.any()):
+            break
+    return torch.stack([x, y], -1)
+
+
 @register("igno")
 def igno(
-    heatmaps: Tensor, *, sigma: float = 2.0, anchors: int | None = None, iterations: int = 20, objective: str = "l2"
+    heatmaps: Tensor,
+    *,
+    sigma: float = 2.0,
+    anchors: int | None = None,
+    iterations: int = 20,
+    solver: str = "authors",
+    objective: str = "l2",
 ) -> Tensor:
     """IGNO (the paper's Eq. 3 and 6): least squares on the range equations of the top-K anchors.
 
-    ``[..., K, H, W] -> [..., K, 2]`` heatmap px. As the authors' KeyPosS decoder: ``anchors`` largest
-    pixels (default :data:`IGNO_ANCHORS` for the map side, else 30), ranges ``d^2 = -2 sigma^2 ln h`` with
-    ``h`` clipped to ``[1e-9, 1]``, start at the argmax, at most ``iterations`` unweighted steps (fewer
-    once every step is below 1e-3 px) on the squared-range residuals ``|a - p|^2 - d^2``
-    (``objective="l2"``) or the range residuals (``"l1"``, reweighted least squares by :func:`gauss_newton`).
-    The paper and the authors iterate Gauss-Newton; for ``"l2"`` we take damped Newton steps
-    (:func:`squared_range_newton`) to the same minimum, which Gauss-Newton approaches only linearly
-    whenever the peak is below 1. Unlike the authors' loop it is batched, damped, and never returns a
-    worse point than it had (theirs keeps a step that raised the cost and occasionally diverges); anchors
-    come from a window around the argmax (:func:`top_anchors`). No amplitude handling: peaks below 1 bias
-    the ranges, as upstream. Maps with no peak among the anchors
-    (:func:`~popos.decoders.base.no_peak`) give the argmax.
+    ``[..., K, H, W] -> [..., K, 2]`` heatmap px. The ``anchors`` largest pixels (default
+    :data:`IGNO_ANCHORS` for the map height, else 30), ranges ``d^2 = -2 sigma^2 ln h`` with ``h`` clipped
+    to ``[1e-9, 1]``, start at the argmax, at most ``iterations`` unweighted steps. No amplitude handling:
+    peaks below 1 bias the ranges, as upstream.
+
+    ``solver="authors"`` (default): the authors' ``keypoints_from_heatmaps_tril_topK`` bit for bit
+    (anchors of the whole map, :func:`authors_gauss_newton`; ``objective`` must be ``"l2"``). It may
+    return a point of higher cost than its start, or diverge, as theirs.
+
+    ``solver="damped"`` (ours, variant ``igno_damped``): batched, damped, never returns a worse point
+    than it had, anchors from a window around the argmax (:func:`top_anchors`), stops once every step is
+    below 1e-3 px; ``objective="l2"`` (squared-range residuals ``|a - p|^2 - d^2``) takes damped Newton
+    steps (:func:`squared_range_newton`) to the minimum that Gauss-Newton approaches only linearly
+    whenever the peak is below 1; ``"l1"`` (range residuals) reweighted least squares by
+    :func:`gauss_newton`; the result is clamped to the map.
+
+    Both: maps with no peak among the anchors (:func:`~popos.decoders.base.no_peak`: all values <= 0 or
+    all equal, where the authors' result depends on the order of equal values) give the argmax.
     """
     maps = flat_maps(heatmaps, min_size=2)
     _, height, width = maps.shape
-    k = IGNO_ANCHORS.get(height, IGNO_ANCHORS_OTHER) if height == width else IGNO_ANCHORS_OTHER
+    k = IGNO_ANCHORS.get(height, IGNO_ANCHORS_OTHER) if solver == "authors" or height == width else IGNO_ANCHORS_OTHER
     check_float("sigma", sigma, 0.0, strict=True)
     k = check_int("anchors", k if anchors is None else anchors, 3)
     check_int("iterations", iterations, 0)
+    check_choice("solver", solver, ("authors", "damped"))
     check_choice("objective", objective, ("l2", "l1"))
+    if solver == "authors" and objective != "l2":
+        raise ValueError("objective='l1' needs solver='damped' (the authors' Gauss-Newton is on squared ranges)")
+    if solver == "authors":
+        values, coords = authors_top_anchors(maps, k)
+        top, start = authors_argmax(maps)
+        p = authors_gauss_newton(coords, authors_ranges(values, sigma), start, iterations)
+        return unflatten(torch.where(no_peak(values)[:, None], top, p), heatmaps)
     x, y = argmax_xy(maps)
+    start = torch.stack([x, y], -1).float()
     values, coords = top_anchors(maps, x, y, k, anchor_window(k))
     d2 = distance_maps(values, sigma, EPS, squared=True)
-    start = torch.stack([x, y], -1).float()
     if objective == "l2":
         p = squared_range_newton(coords, d2, start, iterations)
     else:
