@@ -35,7 +35,7 @@ import math
 import torch
 from torch import Tensor
 
-from popos.anchors import AUTHORS_OTHER, AUTHORS_SIZES, OUR_WINDOW, our_anchors
+from popos.anchors import OUR_WINDOW, our_anchors
 from popos.codec import distance_maps
 from popos.decoders.base import (
     argmax_xy,

@@ -10,7 +10,7 @@ of :mod:`.multilateration`, float64 grid and costs, summed in NumPy's order), so
 coordinates to the bit; only the order of equal heatmap values among the top K (NumPy's unstable sort)
 is not reproduced. The grid is searched by branch and bound (:func:`_l1_search`), which also serves
 ``popos(preset="authors")`` (:func:`authors_preset`: their parameters on our float32 grid). Per heatmap
-side, the anchors K and the search region come from :data:`AUTHORS_SIZES`.
+side, the anchors K and the search region come from :data:`popos.anchors.AUTHORS_SIZES`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import math
 import torch
 from torch import Tensor
 
+from popos.anchors import AUTHORS_OTHER, AUTHORS_SIZES
 from popos.decoders.base import check_float, check_int, flat_maps, no_peak, register, unflatten
 from popos.decoders.multilateration import (
     anchor_window,
@@ -29,10 +30,6 @@ from popos.decoders.multilateration import (
     authors_top_anchors,
 )
 
-#: the authors' anchors K and search region S (heatmap px) per heatmap side (POPoS
-#: ``keypoints_from_heatmaps_randomsample_lls``); other sides get :data:`AUTHORS_OTHER`
-AUTHORS_SIZES = {64: (30, 8.0), 32: (10, 8.0), 16: (20, 4.0), 8: (15, 3.0), 4: (10, 2.0)}
-AUTHORS_OTHER = (30, 8.0)
 #: most elements of one candidate x anchor tensor; the search runs over chunks of heatmaps that fit
 CHUNK_ELEMENTS = 1 << 22
 
@@ -43,7 +40,7 @@ def authors_preset(height: int, width: int) -> dict:
     An approximation of :func:`popos_authors` on our parts (our KeyPosS block, window anchors, float32
     grid), for varying one of our options at a time from the authors' setting.
 
-    Their K and S come from :data:`AUTHORS_SIZES` (square maps); the sampling step is ``tau = H / 128``
+    Their K and S come from :data:`popos.anchors.AUTHORS_SIZES` (square maps); the sampling step is ``tau = H / 128``
     heatmap px (2 input px at a 256 input), so ``samples_per_pixel = 1 / tau`` and ``n = int(S / tau)``
     candidates per axis spanning ``S`` (spacing ``S / (n - 1)``), shifted by ``-tau / 2``, centred on the
     KeyPosS station; objective: sum of absolute range residuals; no amplitude handling; the grid
@@ -345,7 +342,7 @@ def popos_authors(
     candidates per axis around it (:func:`authors_grid`, ``tau = H / 128`` heatmap px), the ``anchors``
     largest pixels of the whole map with ranges ``d_k`` (float64), and the first candidate of least
     ``sum_k | |a_k - p| - d_k |`` (float64, :func:`_exact_l1_costs`), returned as float32. ``anchors`` and
-    ``region`` default to :data:`AUTHORS_SIZES` for the map height (else :data:`AUTHORS_OTHER`);
+    ``region`` default to :data:`popos.anchors.AUTHORS_SIZES` for the map height (else :data:`AUTHORS_OTHER`);
     ``samples_per_pixel`` (sweeps) sets ``tau = 1 / samples_per_pixel`` and
     ``n = floor(region * samples_per_pixel)``. No clamping (a point may leave the map, as theirs). Maps with
     no peak among the anchors (:func:`~popos.decoders.base.no_peak`: all values <= 0 or all equal, where
