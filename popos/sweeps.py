@@ -30,7 +30,7 @@ def sweep_variants(params: Params) -> dict[str, tuple[str, dict, str, float]]:
     from popos.decoders import resolve_variants
 
     name = params.sweeps.method
-    method, base = resolve_variants([name], params.decode.popos)[name]
+    method, base = resolve_variants([name], params.decode.popos.model_dump())[name]
     out = {}
     for knob, option in KNOB_OPTIONS.items():
         for value in getattr(params.sweeps, knob):
