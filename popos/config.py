@@ -415,7 +415,10 @@ def validate_params(data: dict, source: str = "defaults") -> Params:
             allowed = f" (allowed: {expected})" if expected and expected not in err["msg"] else ""
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"  {key + ': ' if key else ''}{msg}{allowed}")
-        raise ParamsError(f"invalid params in {source}:\n" + "\n".join(lines)) from None
+        text = "\n".join(lines)
+        if "\n" not in text:  # one problem: one line
+            raise ParamsError(f"invalid params in {source}: {text.strip()}") from None
+        raise ParamsError(f"invalid params in {source}:\n{text}") from None
 
 
 def load_params(*paths: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Params:

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from popos.config import Params, ParamsError, PoposOptions, decoder_options_model, load_params
+from popos.choices import DECODER_KNOBS
+from popos.config import Params, ParamsError, PoposOptions, SweepsSection, decoder_options_model, load_params
 from popos.decoders import METHODS
 from popos.errors import UserError
 
@@ -102,3 +103,13 @@ def test_decoder_options_follow_the_decoder_signature(monkeypatch):
     assert set(PoposOptions.model_fields) == popos_kwargs
     assert load_params(overrides=["decode.popos={refine: 2, objective: l2}"]).decode.popos.model_dump() == {
         "refine": 2, "objective": "l2"}
+
+
+def test_sweep_knobs_are_sweeps_fields_and_popos_options():
+    assert set(DECODER_KNOBS) <= set(SweepsSection.model_fields) & set(PoposOptions.model_fields)
+
+
+def test_one_problem_is_one_line():
+    with pytest.raises(ParamsError) as info:
+        load_params(overrides=["train.sigma=.inf"])
+    assert str(info.value) == "invalid params in defaults: train.sigma: Input should be a finite number"
