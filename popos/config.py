@@ -103,7 +103,8 @@ class DataSection(Section):
     raw_dir: str = Field(default="data/raw", description="downloaded / user-supplied raw datasets")
     prepared_dir: str = Field(default="data/prepared", description="prepared splits (annotations + crop cache)")
     crop_size: int = Field(default=384, gt=0, description="side of the cached face crops, px")
-    padding: float = Field(default=1.25, gt=0, le=10, description="face box padding of the network input")
+    padding: float = Field(default=1.25, gt=0, le=10, description="face box padding of the network input "
+                           "(at most 10: beyond, the face spans a few input px)")
 
 
 class SynthSection(Section):
@@ -168,7 +169,8 @@ class TrainSection(Section):
     lr: float = Field(default=2e-3, gt=0, le=1, description="initial Adam learning rate")
     lr_min: float = Field(default=1e-5, ge=0, description="final lr; linear per-step decay from lr, <= lr")
     seed: int = Field(default=0, ge=0, le=SEED_MAX, description="model init, shuffling and augmentation")
-    sigma: float = Field(default=2.0, gt=0, le=64, description="target Gaussian sigma, heatmap px")
+    sigma: float = Field(default=2.0, gt=0, le=64, description="target Gaussian sigma, heatmap px (at most the "
+                         "largest heatmap side)")
     ma_weight: float = Field(default=6.0, ge=0, description="w in L = L_MSE + w * L_MA (paper's best: 6)")
     ma_k: int | None = Field(default=None, ge=1, description="MA mask size; None = the decoder's K at that size")
     ma_mask: Literal["pred", "target", "union"] = Field(
@@ -198,7 +200,8 @@ class DecodeSection(Section):
         min_length=1,
         description="decoder variants (see popos.decoders.VARIANTS)",
     )
-    sigma: float = Field(default=2.0, gt=0, le=64, description="Gaussian sigma assumed by the decoders, heatmap px")
+    sigma: float = Field(default=2.0, gt=0, le=64, description="Gaussian sigma assumed by the decoders, heatmap px "
+                         "(at most the largest heatmap side)")
     popos: PoposOptions = Field(default_factory=PoposOptions,
                                 description="options of our POPoS decoder (popos.decoders.popos.popos's keywords)")
 

@@ -311,7 +311,7 @@ def predict(
     outside the image describes no face in it: its landmarks would be guesses on the black border).
     """
     if method not in VARIANTS:
-        raise UserError(f"--method: unknown decoder {method!r}; available: {', '.join(VARIANTS)}")
+        raise UserError(f"method: unknown decoder {method!r}; available: {', '.join(VARIANTS)}")
     pixels = read_image(image)
     height, width = pixels.shape[:2]
     if box is None:
