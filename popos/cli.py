@@ -48,7 +48,8 @@ def _data_synth(args):
 def _data_download(args):
     from popos.data.download import download
 
-    download(args.name, root=Path(args.root), from_dir=Path(args.from_dir) if args.from_dir else None)
+    p = _params(args)  # checked before anything is downloaded
+    download(args.name, root=Path(args.root or p.data.raw_dir), from_dir=Path(args.from_dir) if args.from_dir else None)
 
 
 def _data_prepare(args):
@@ -79,8 +80,9 @@ def _add_data(sub) -> None:
     p.set_defaults(func=_data_synth)
 
     p = dsub.add_parser("download", help="download and verify a dataset, or ingest files you already have")
+    _add_params(p)
     p.add_argument("name", help="dataset name (wflw, 300w, cofw, aflw, cocowb_face)")
-    p.add_argument("--root", default="data/raw", help="raw data root (default: data/raw)")
+    p.add_argument("--root", help="raw data root (default: data.raw_dir)")
     p.add_argument("--from", dest="from_dir",
                    help="ingest archives/unpacked folders found in this directory (the rest is downloaded)")
     p.set_defaults(func=_data_download)

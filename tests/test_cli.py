@@ -129,3 +129,10 @@ def test_a_bug_keeps_its_traceback(face, checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(popos.evaluate, "predict", broken)
     with pytest.raises(ValueError, match="a bug"):
         predict(face, checkpoint, tmp_path / "o.png")
+
+
+def test_a_bad_setting_stops_download_before_any_file(tmp_path, capsys):
+    root = tmp_path / "raw"
+    assert main(["data", "download", "300w", "--root", str(root), "--set", "data.padding=.inf"]) == 2
+    assert "data.padding: Input should be a finite number" in one_line_error(capsys, "data")
+    assert not root.exists()
