@@ -19,19 +19,12 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from popos.device import resolve_device
 from popos.io import write_csv_atomic
 from popos.oracle import oracle_heatmaps, random_points, seeded_generator
 
 COLUMNS = ["device", "heatmap_size", "method", "batch", "ms", "faces_per_s", "ratio_to_one_hot"]
 REFERENCE = "one_hot"
-
-
-def _device(device: str) -> torch.device:
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' was asked for but torch.cuda.is_available() is False")
-    return torch.device(device)
 
 
 def _round_times_ms(calls: dict, warmup: int, repeats: int, dev: torch.device) -> dict[str, np.ndarray]:
@@ -77,7 +70,7 @@ def bench_decoders(
     """
     from popos.decoders import VARIANTS, decode, resolve_variants
 
-    dev = _device(device)
+    dev = resolve_device(device)
     for name, value in (("batch", batch), ("num_landmarks", num_landmarks), ("repeats", repeats)):
         if value < 1:
             raise ValueError(f"{name}: expected a positive integer, got {value}")

@@ -10,6 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from popos.choices import DATASET_NAMES, HEATMAP_SIZES, LOSSES
+from popos.errors import UserError
+
 PARAMS_HELP = "params file(s); later files override earlier ones (default: params.yaml if present)"
 
 
@@ -45,7 +48,8 @@ def _data_synth(args):
 def _data_download(args):
     from popos.data.download import download
 
-    download(args.name, root=Path(args.root), from_dir=Path(args.from_dir) if args.from_dir else None)
+    p = _params(args)  # checked before anything is downloaded
+    download(args.name, root=Path(args.root or p.data.raw_dir), from_dir=Path(args.from_dir) if args.from_dir else None)
 
 
 def _data_prepare(args):
@@ -77,8 +81,9 @@ def _add_data(sub) -> None:
     p.set_defaults(func=_data_synth)
 
     p = dsub.add_parser("download", help="download and verify a dataset, or ingest files you already have")
+    _add_params(p)
     p.add_argument("name", help="dataset name (wflw, 300w, cofw, aflw, cocowb_face)")
-    p.add_argument("--root", default="data/raw", help="raw data root (default: data/raw)")
+    p.add_argument("--root", help="raw data root (default: data.raw_dir)")
     p.add_argument("--from", dest="from_dir",
                    help="ingest archives/unpacked folders found in this directory (the rest is downloaded)")
     p.set_defaults(func=_data_download)
@@ -162,7 +167,7 @@ def _predict(args):
     try:
         box = tuple(float(v) for v in args.box.split(",")) if args.box else None
     except ValueError:
-        raise ValueError(f"--box: expected four numbers x,y,w,h (image px), got {args.box!r}") from None
+        raise UserError(f"--box: expected four numbers x,y,w,h (image px), got {args.box!r}") from None
     points = predict(Path(args.image), checkpoint=Path(args.checkpoint), box=box, out=Path(args.out),
                      method=args.method, device=args.device)
     print("landmark,x,y")
@@ -173,9 +178,9 @@ def _predict(args):
 def _add_train_eval(sub) -> None:
     p = sub.add_parser("train", help="train a model for one dataset x heatmap size x loss")
     _add_params(p)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--heatmap-size", type=int, required=True, choices=[64, 32, 16, 8, 4])
-    p.add_argument("--loss", required=True, choices=["mse", "mse_ma"])
+    p.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    p.add_argument("--heatmap-size", type=int, required=True, choices=HEATMAP_SIZES)
+    p.add_argument("--loss", required=True, choices=LOSSES)
     p.add_argument("--out", required=True, help="run folder: checkpoint, dvclive logs")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides train.device")
@@ -212,9 +217,10 @@ def _bench_decoders(args):
 
     p = _params(args)
     batch = p.bench.batch if args.batch is None else args.batch
+    options = p.decode.popos.model_dump()
     bench_decoders(device=args.device, batch=batch, num_landmarks=p.bench.num_landmarks,
                    heatmap_sizes=p.bench.heatmap_sizes, warmup=p.bench.warmup, repeats=p.bench.repeats,
-                   out=Path(args.out) if args.out else None, sigma=p.decode.sigma, popos_options=p.decode.popos,
+                   out=Path(args.out) if args.out else None, sigma=p.decode.sigma, popos_options=options,
                    seed=p.bench.seed, input_size=p.model.input_size)
 
 
@@ -287,13 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one step; a user's mistake (:class:`popos.errors.UserError`) is one line on stderr and status 2,
+    anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
-    from popos.config import ParamsError
-    from popos.errors import UserError
-
     try:
         args.func(args)
-    except (ParamsError, UserError, ValueError, FileNotFoundError) as exc:
+    except UserError as exc:
         print(f"popos {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

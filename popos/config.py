@@ -4,27 +4,77 @@ One section per pipeline step (``grid``, ``data``, ``synth``, ``augment``, ``mod
 ``decode``, ``evaluate``, ``oracle``, ``bench``, ``sweeps``, ``report``). Every section rejects
 unknown keys; an error names the key (``train.lr``) and what is allowed. Files given later override
 earlier ones key by key (``params.yaml`` then ``config/demo.yaml``), and ``key.path=value``
-overrides come last.
+overrides come last. Numbers must be finite, and ``decode.popos`` takes exactly the keyword options of
+the ``popos`` decoder, typed from its signature; the decoder options, the sweeps' values and the heatmap
+sizes are also tried out at load time (on a tiny map, and against the model's stride rules), so that a
+setting no job could run is an error here, never halfway through a workflow.
+
+The merge and the dot-list overrides are twenty lines of our own rather than OmegaConf: pydantic already
+types and validates every key, and a second config library would add interpolation syntax we do not want.
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
-HeatmapSize = Literal[64, 32, 16, 8, 4]
-# Keep in step with popos.data.registry (tests/test_pipeline.py checks it).
-DatasetName = Literal["wflw", "300w", "cofw", "aflw", "cocowb_face", "synth"]
-Loss = Literal["mse", "mse_ma", "mse_biased"]  # mse_biased: the authors' one-/two-hot baselines
+from popos.choices import DECODER_KNOBS, DatasetName, HeatmapSize, Loss
+from popos.decoders import METHODS, VARIANTS
+from popos.errors import UserError
+
+#: the decoder variants of popos.decoders.VARIANTS
+DecoderName = Literal[tuple(VARIANTS)]  # type: ignore[valid-type]
+#: every seed feeds numpy's legacy generator, which takes 0 <= seed < 2**32
+SEED_MAX = 2**32 - 1
 
 
 class Section(BaseModel):
-    """Base of every params section: unknown keys are errors, values are immutable."""
+    """Base of every params section: unknown keys are errors, numbers are finite, values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def decoder_options_model(method: str) -> type[Section]:
+    """A params section typed from a decoder's keyword-only arguments (their names, type hints, defaults).
+
+    It follows the decoder: an option added, renamed or retyped there is one here. ``sigma`` is left out
+    (``decode.sigma`` sets it for every decoder). Values are checked strictly (no ``"3"`` for ``3``, no
+    ``True`` for ``1``); dumping keeps only the options given (and not ``None``), so ``model_dump()`` is
+    the keyword arguments to pass, and an empty section dumps as ``{}``.
+    """
+    fn = METHODS[method]
+    hints = get_type_hints(fn)
+    fields = {
+        name: (hints[name], Field(default=p.default))
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.kind is p.KEYWORD_ONLY and name != "sigma"
+    }
+
+    class Options(Section):
+        model_config = ConfigDict(strict=True)
+
+        @model_serializer(mode="wrap")
+        def _given_only(self, handler):
+            return {k: v for k, v in handler(self).items() if k in self.model_fields_set and v is not None}
+
+    return create_model(f"{method.capitalize()}Options", __base__=Options,
+                        __doc__=f"Options of the {method!r} decoder (its keyword arguments).", **fields)
+
+
+PoposOptions = decoder_options_model("popos")
 
 
 class GridSection(Section):
@@ -53,7 +103,8 @@ class DataSection(Section):
     raw_dir: str = Field(default="data/raw", description="downloaded / user-supplied raw datasets")
     prepared_dir: str = Field(default="data/prepared", description="prepared splits (annotations + crop cache)")
     crop_size: int = Field(default=384, gt=0, description="side of the cached face crops, px")
-    padding: float = Field(default=1.25, gt=0, description="face box padding of the network input")
+    padding: float = Field(default=1.25, gt=0, le=10, description="face box padding of the network input "
+                           "(at most 10: beyond, the face spans a few input px)")
     pretrained_dir: str = Field(default="data/pretrained", description="where `popos model fetch-pretrained` puts the "
                                 "ImageNet backbone that model.pretrained: imagenet loads")
 
@@ -63,7 +114,8 @@ class SynthSection(Section):
 
     n_train: int = Field(default=2000, ge=1, description="training faces")
     n_test: int = Field(default=400, ge=1, description="test faces")
-    seed: int = Field(default=0, description="face i of a split is the same for a given seed, whatever the sizes")
+    seed: int = Field(default=0, ge=0, le=SEED_MAX,
+                      description="face i of a split is the same for a given seed, whatever the sizes")
 
 
 def _for_dataset(section: Section, dataset: str) -> Section:
@@ -97,10 +149,10 @@ class AugmentSection(Section):
     scale_std: float = Field(default=0.25, ge=0, description="crop side x clip(1 + N(0, std), min, max)")
     scale_min: float = Field(default=0.75, gt=0, description="smallest crop-side factor (> 1 zooms out)")
     scale_max: float = Field(default=1.25, gt=0, description="largest crop-side factor")
-    translate: float = Field(default=0.05, ge=0, description="max shift as a fraction of the input size")
+    translate: float = Field(default=0.0, ge=0, description="max shift as a fraction of the input size")
     translate_prob: float = Field(default=1.0, ge=0, le=1, description="probability of the shift (the authors' "
                                   "COCO-WholeBody box-centre shift: translate 0.16, probability 0.3)")
-    color_jitter: float = Field(default=0.2, ge=0, le=1,
+    color_jitter: float = Field(default=0.0, ge=0, le=1,
                                 description="max relative change of brightness, contrast and saturation")
     per_dataset: dict[DatasetName, dict[str, Any]] = Field(
         default_factory=dict, description="augment.* overrides per dataset, e.g. {cocowb_face: {translate: 0.16}}")
@@ -144,12 +196,13 @@ class ModelSection(Section):
 class TrainSection(Section):
     """Training (paper section 4.2: Adam, lr 2e-3 decaying to 1e-5)."""
 
-    epochs: int = Field(default=60, ge=1)
-    batch_size: int = Field(default=64, ge=1, description="global batch, split over the processes under torchrun")
-    lr: float = Field(default=2e-3, gt=0, description="initial Adam learning rate")
+    epochs: int = Field(default=100, ge=1)
+    batch_size: int = Field(default=32, ge=1, description="global batch, split over the processes under torchrun")
+    lr: float = Field(default=2e-3, gt=0, le=1, description="initial Adam learning rate")
     lr_min: float = Field(default=1e-5, ge=0, description="final lr; linear per-step decay from lr, <= lr")
-    seed: int = Field(default=0, description="model init, shuffling and augmentation")
-    sigma: float = Field(default=2.0, gt=0, description="target Gaussian sigma, heatmap px")
+    seed: int = Field(default=0, ge=0, le=SEED_MAX, description="model init, shuffling and augmentation")
+    sigma: float = Field(default=2.0, gt=0, le=64, description="target Gaussian sigma, heatmap px (at most the "
+                         "largest heatmap side)")
     ma_weight: float = Field(default=6.0, ge=0, description="w in L = L_MSE + w * L_MA (paper's best: 6)")
     ma_k: int | None = Field(default=None, ge=1, description="MA mask size; None = the decoder's K at that size")
     ma_mask: Literal["pred", "target", "union"] = Field(
@@ -187,11 +240,11 @@ class TrainSection(Section):
     per_dataset: dict[DatasetName, dict[str, Any]] = Field(
         default_factory=dict, description="train.* overrides per dataset, e.g. {cofw: {epochs: 210}}")
     for_dataset = _for_dataset
-    workers: int = Field(default=2, ge=0, description="data-loader worker processes")
+    workers: int = Field(default=4, ge=0, description="data-loader worker processes")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(default=True, description="mixed precision on CUDA")
     eval_every: int = Field(
-        default=1, ge=0, description="test NME (one_hot, popos) every N epochs and at the end; 0 = never"
+        default=10, ge=0, description="test NME (one_hot, popos) every N epochs and at the end; 0 = never"
     )
 
     @model_validator(mode="after")
@@ -209,12 +262,15 @@ class TrainSection(Section):
 class DecodeSection(Section):
     """Decoders and their options, as evaluation uses them."""
 
-    methods: list[str] = Field(
+    methods: list[DecoderName] = Field(
         default=["one_hot", "two_hot", "dark", "keyposs", "igno", "popos_authors", "popos"],
+        min_length=1,
         description="decoder variants (see popos.decoders.VARIANTS)",
     )
-    sigma: float = Field(default=2.0, gt=0, description="Gaussian sigma assumed by the decoders, heatmap px")
-    popos: dict[str, Any] = Field(default_factory=dict, description="options of our POPoS decoder")
+    sigma: float = Field(default=2.0, gt=0, le=64, description="Gaussian sigma assumed by the decoders, heatmap px "
+                         "(at most the largest heatmap side)")
+    popos: PoposOptions = Field(default_factory=PoposOptions,
+                                description="options of our POPoS decoder (popos.decoders.popos.popos's keywords)")
 
 
 class EvaluateSection(Section):
@@ -222,8 +278,8 @@ class EvaluateSection(Section):
 
     flip_test: bool = Field(default=True, description="also decode the mirrored face; average in input px (exact)")
     batch_size: int = Field(default=64, ge=1, description="faces per forward pass")
-    fr_threshold: float = Field(default=0.1, gt=0, description="failure threshold (NME) for FR and AUC")
-    save_heatmaps: bool = Field(default=True, description="keep float16 test heatmaps for decoder ablations")
+    fr_threshold: float = Field(default=0.1, gt=0, le=1, description="failure threshold (NME) for FR and AUC")
+    save_heatmaps: bool = Field(default=False, description="keep float16 test heatmaps for decoder ablations")
     checkpoint: Literal["last", "best_val", "best_test"] = Field(
         default="last", description="weights evaluated: the last epoch, or best.pt, the epoch of lowest POPoS NME "
         "on the validation split (best_val: train.save_best val) or on the test set (best_test: train.save_best "
@@ -247,7 +303,7 @@ class OracleSection(Section):
     )
     num_images: int = Field(default=32, ge=1, description="images (or faces drawn from --dataset-dir)")
     num_landmarks: int = Field(default=98, ge=1, description="landmarks per random image")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=SEED_MAX)
 
 
 class BenchSection(Section):
@@ -259,7 +315,7 @@ class BenchSection(Section):
     warmup: int = Field(default=3, ge=0)
     repeats: int = Field(default=10, ge=1, description="timed calls per decoder and size; the median is reported")
     devices: list[Literal["cpu", "cuda"]] = Field(default=["cpu"])
-    seed: int = Field(default=0, description="seed of the benchmark heatmaps")
+    seed: int = Field(default=0, ge=0, le=SEED_MAX, description="seed of the benchmark heatmaps")
 
 
 class SweepsSection(Section):
@@ -343,12 +399,62 @@ class Params(Section):
         too_many = [k for k in self.sweeps.anchors if k > self.sweeps.heatmap_size**2]
         if too_many:
             problems.append(f"sweeps.anchors {too_many} exceed the {self.sweeps.heatmap_size}^2 heatmap pixels")
+        problems += self._model_problems() + self._decoder_problems()
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n  ".join(problems))
         return self
 
+    def _model_problems(self) -> list[str]:
+        """Heatmap sizes a model is trained at that ``model.input_size`` cannot produce (the model's stride rules)."""
+        from popos.models.hrnet import architecture
 
-class ParamsError(ValueError):
+        problems = []
+        for key, sizes in (("grid.heatmap_sizes", self.grid.heatmap_sizes),
+                           ("sweeps.heatmap_size", [self.sweeps.heatmap_size])):
+            for size in sizes:
+                try:
+                    architecture(self.model.input_size, size)
+                except ValueError as exc:
+                    problems.append(f"{key}: {exc}")
+        return problems
+
+    def _decoder_problems(self) -> list[str]:
+        """Decoder settings the decoders refuse, found by decoding a tiny map with each of them.
+
+        ``decode.popos`` is tried at every heatmap size the workflow decodes; each value of the decoder
+        sweeps at ``sweeps.heatmap_size``. The decoders' own checks (ranges, choices, combinations) speak.
+        """
+        import torch
+
+        from popos.codec import encode_heatmaps
+        from popos.decoders import decode, resolve_variants
+
+        sigma = self.decode.sigma
+
+        def refused(size: int, method: str, options: dict) -> str | None:
+            probe = encode_heatmaps(torch.full((1, 1, 2), (size - 1) / 2), size, sigma)
+            try:
+                decode(probe, method, sigma=sigma, **options)
+            except ValueError as exc:
+                return f"{exc} (at {size} x {size})"
+            return None
+
+        problems = []
+        options = self.decode.popos.model_dump()
+        sizes = {*self.grid.heatmap_sizes, self.sweeps.heatmap_size, *self.oracle.heatmap_sizes,
+                 *self.bench.heatmap_sizes}
+        for size in sorted(sizes, reverse=True):
+            if options and (why := refused(size, "popos", options)):
+                return [f"decode.popos: {why}"]
+        method, base = resolve_variants([self.sweeps.method], options)[self.sweeps.method]
+        for knob in DECODER_KNOBS:
+            for value in getattr(self.sweeps, knob):
+                if why := refused(self.sweeps.heatmap_size, method, {**base, knob: value}):
+                    problems.append(f"sweeps.{knob} {value:g}: {why}")
+        return problems
+
+
+class ParamsError(UserError, ValueError):
     """A params file or override is invalid; the message names the file and the key."""
 
 
@@ -386,7 +492,10 @@ def validate_params(data: dict, source: str = "defaults") -> Params:
             allowed = f" (allowed: {expected})" if expected and expected not in err["msg"] else ""
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"  {key + ': ' if key else ''}{msg}{allowed}")
-        raise ParamsError(f"invalid params in {source}:\n" + "\n".join(lines)) from None
+        text = "\n".join(lines)
+        if "\n" not in text:  # one problem: one line
+            raise ParamsError(f"invalid params in {source}: {text.strip()}") from None
+        raise ParamsError(f"invalid params in {source}:\n{text}") from None
 
 
 def load_params(*paths: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Params:

@@ -29,63 +29,24 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from popos.checkpoint import load_checkpoint, model_from_checkpoint
 from popos.config import Params
 from popos.data.dataset import LandmarkDataset, input_from_image
 from popos.data.prepared import PreparedSplit
-from popos.data.registry import get_dataset
-from popos.decoders import decode, resolve_variants
+from popos.decoders import VARIANTS, decode, resolve_variants
+from popos.device import resolve_device
 from popos.draw import draw_landmarks
+from popos.errors import UserError
 from popos.geometry import apply_affine, flip_points, heatmap_to_input, invert_affine
-from popos.io import atomic_path
+from popos.io import atomic_path, write_csv_atomic, write_text_atomic
+from popos.layout import split_dir
 from popos.metrics import nme_per_image, summarize
-from popos.models import build_model
-
-CHECKPOINT_FORMAT = 1
-CHECKPOINT_KEYS = ("format_version", "config", "epoch", "model", "optimizer", "scheduler", "scaler", "rng", "history")
 
 Variants = Mapping[str, tuple[str, Mapping]]
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """``"auto"``/``None`` -> CUDA when available, else CPU; ``"cpu"``/``"cuda"`` as given."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU")
-    return torch.device(device)
-
-
-# ---------------------------------------------------------------- checkpoints
-def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint written by :func:`popos.train.train` (plain tensors and containers only).
-
-    Raises ``FileNotFoundError`` if it is missing and ``ValueError`` if it is not a popos checkpoint of
-    this format version.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found; train one with `popos train`")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise ValueError(f"{path}: not a readable popos checkpoint ({type(exc).__name__}: {exc})") from exc
-    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise ValueError(f"{path}: not a popos checkpoint (missing keys: {', '.join(missing)})")
-    if ckpt["format_version"] != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: checkpoint format {ckpt['format_version']!r}, expected {CHECKPOINT_FORMAT}")
-    return ckpt
-
-
-def model_from_checkpoint(ckpt: dict, device: torch.device) -> nn.Module:
-    """Rebuild the trained model of ``ckpt`` (from :func:`load_checkpoint`) in eval mode on ``device``."""
-    cfg = ckpt["config"]
-    # The trained weights replace any ImageNet initialisation, whose file may not exist on this machine.
-    model = build_model(cfg["num_landmarks"], cfg["heatmap_size"], **{**cfg["model"], "pretrained": None})
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval()
+class MissingInputError(UserError, FileNotFoundError):
+    """An input file of a step is missing; the message names it and the command that makes it."""
 
 
 # ---------------------------------------------------------------- inference and decoding
@@ -195,13 +156,6 @@ def summarize_table(per_image: pd.DataFrame, threshold: float) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- evaluate
-def split_dir(params: Params, dataset: str, split: str) -> Path:
-    """Prepared folder of ``split`` ('train', 'test' or a split folder name) of ``dataset``."""
-    spec = get_dataset(dataset)
-    name = {"train": spec.train_split, "test": spec.test_split}.get(split, split)
-    return Path(params.data.prepared_dir) / dataset / name
-
-
 def evaluate(
     params: Params, checkpoint: str | Path, split: str, out_dir: str | Path, device: str | None = None
 ) -> pd.DataFrame:
@@ -223,15 +177,18 @@ def evaluate(
     cfg = ckpt["config"]
     dev = resolve_device(device or params.train.device)
     amp = params.train.amp and dev.type == "cuda"
-    model = model_from_checkpoint(ckpt, dev)
+    model = model_from_checkpoint(ckpt, dev, checkpoint)
     input_size, k = cfg["model"]["input_size"], cfg["num_landmarks"]
     flip_index = check_flip_index(cfg["flip_index"], k) if params.evaluate.flip_test else None
-    variants = resolve_variants(params.decode.methods, params.decode.popos)
+    variants = resolve_variants(params.decode.methods, params.decode.popos.model_dump())
 
     folder = split_dir(params, cfg["dataset"], split)
     prepared = PreparedSplit.open(folder)
     if prepared.num_landmarks != k:
-        raise ValueError(f"{folder}: {prepared.num_landmarks} landmarks, but the checkpoint predicts {k}")
+        raise UserError(f"{folder}: {prepared.num_landmarks} landmarks, but the checkpoint predicts {k}")
+    if len(prepared) == 0:
+        raise UserError(f"{folder}: the split holds no faces, so there is nothing to evaluate; prepare it again "
+                        "from a non-empty annotation list")
     dataset = LandmarkDataset(folder, input_size=input_size, train=False, augment=params.augment,
                               seed=params.train.seed)
     loader = DataLoader(dataset, batch_size=params.evaluate.batch_size, shuffle=False, num_workers=params.train.workers)
@@ -252,13 +209,10 @@ def evaluate(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    with atomic_path(out_dir / "per_image.csv") as tmp:
-        per_image.to_csv(tmp, index=False)
-    with atomic_path(out_dir / "summary.csv") as tmp:
-        summary.to_csv(tmp, index=False)
+    write_csv_atomic(per_image, out_dir / "per_image.csv")
+    write_csv_atomic(summary, out_dir / "summary.csv")
     metrics = {r.method: {"nme": r.nme, "fr": r.fr, "auc": r.auc} for r in summary.itertuples()}
-    with atomic_path(out_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(json.dumps(metrics, indent=2) + "\n", out_dir / "metrics.json")
     with atomic_path(out_dir / "predictions.npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, **{n: p.astype(np.float32) for n, p in preds.items()}, gt=prepared.landmarks,
                  visible=prepared.visible, norm=prepared.norm)
@@ -310,11 +264,11 @@ def evaluate_saved_heatmaps(
     """
     path = Path(npz_path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: saved heatmaps not found; run `popos evaluate` with evaluate.save_heatmaps")
+        raise MissingInputError(f"{path}: saved heatmaps not found; run `popos evaluate` with evaluate.save_heatmaps")
     with np.load(path) as z:
         missing = [key for key in ("heatmaps", "landmarks", "visible", "norm", "image_to_input") if key not in z]
         if missing:
-            raise ValueError(f"{path}: missing arrays {missing}")
+            raise UserError(f"{path}: missing arrays {missing}")
         data = {key: z[key] for key in z.files}
     heatmaps, heatmaps_flip = data["heatmaps"], data.get("heatmaps_flip")
     if heatmaps_flip is not None:
@@ -347,23 +301,30 @@ def predict(
 ) -> np.ndarray:
     """Landmarks ``[K, 2]`` (x, y) image px for one face of an image file.
 
-    ``box`` is the face box ``(x, y, w, h)`` in image px (default: the whole image), padded as in
-    training (``data.padding`` of the checkpoint); ``method`` a decoder variant with its default
-    options. With ``out`` the landmarks are drawn over the image and saved there (PNG, atomic).
+    ``box`` is the face box ``(x, y, w, h)`` in image px, spanning pixel centres ``x .. x + w`` (default:
+    the whole image, ``(0, 0, W - 1, H - 1)``), padded as in training (``data.padding`` of the checkpoint);
+    ``method`` a decoder variant with its default options. With ``out`` the landmarks are drawn over the
+    image and saved there (PNG, atomic).
+
+    Raises :class:`popos.errors.UserError` for an unreadable image, a box that is not finite and positive,
+    or one of which less than :data:`MIN_BOX_INSIDE` of the area lies on the image (a box wholly or mostly
+    outside the image describes no face in it: its landmarks would be guesses on the black border).
     """
-    path = Path(image)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: image not found")
-    pixels = np.asarray(Image.open(path).convert("RGB"))
+    if method not in VARIANTS:
+        raise UserError(f"method: unknown decoder {method!r}; available: {', '.join(VARIANTS)}")
+    pixels = read_image(image)
     height, width = pixels.shape[:2]
-    box = (0.0, 0.0, width - 1.0, height - 1.0) if box is None else tuple(float(v) for v in box)
-    if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
-        raise ValueError(f"box must be x,y,w,h with w, h > 0 (image px), got {box}")
+    if box is None:
+        if min(height, width) < 2:
+            raise UserError(f"{image}: the image is {width} x {height} px; without a box the face box is the whole "
+                            "image, which needs at least 2 px a side")
+        box = (0.0, 0.0, width - 1.0, height - 1.0)
+    box = check_box(box, width, height)
 
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt["config"]
     dev = resolve_device(device)
-    model = model_from_checkpoint(ckpt, dev)
+    model = model_from_checkpoint(ckpt, dev, checkpoint)
     input_size = cfg["model"]["input_size"]
     tensor, image_to_input = input_from_image(pixels, np.asarray(box), input_size, cfg["data"]["padding"])
     flip_index = check_flip_index(cfg["flip_index"], cfg["num_landmarks"]) if flip_test else None
@@ -377,3 +338,43 @@ def predict(
             fmt = Image.registered_extensions().get(out.suffix.lower(), "PNG")
             Image.fromarray(draw_landmarks(pixels, points)).save(tmp, format=fmt)
     return points
+
+
+#: the least fraction of a face box's area that must lie on the image (pixel squares ``[-0.5, W - 0.5]``):
+#: a face cut by the border is still a face of the image, a box three quarters outside it is not
+MIN_BOX_INSIDE = 0.25
+
+
+def check_box(box: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
+    """``box`` ``(x, y, w, h)`` image px as four floats, or :class:`~popos.errors.UserError` when it is not
+    four finite numbers with ``w, h > 0`` or less than :data:`MIN_BOX_INSIDE` of it lies on the
+    ``width x height`` image.
+
+    >>> check_box([10, 10, 20, 20], 64, 48)
+    (10.0, 10.0, 20.0, 20.0)
+    """
+    values = tuple(float(v) for v in box)
+    if len(values) != 4 or not np.isfinite(values).all() or values[2] <= 0 or values[3] <= 0:
+        raise UserError(f"box: expected four finite numbers x,y,w,h (image px) with w, h > 0, got {list(box)}")
+    x, y, w, h = values
+    inside_x = max(0.0, min(x + w, width - 0.5) - max(x, -0.5))
+    inside_y = max(0.0, min(y + h, height - 0.5) - max(y, -0.5))
+    inside = inside_x * inside_y / (w * h)
+    if inside < MIN_BOX_INSIDE:
+        where = "wholly outside" if inside == 0 else f"{inside:.2g} of it on"
+        raise UserError(f"box {list(values)}: {where} the {width} x {height} image; a face box must have at least "
+                        f"{MIN_BOX_INSIDE:g} of its area on the image")
+    return values
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """The RGB pixels ``[H, W, 3]`` uint8 of an image file; :class:`~popos.errors.UserError` naming the file
+    when it is missing, empty, truncated or not an image."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: image not found")
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # PIL's ways to say "bad file"
+        raise UserError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None

@@ -9,6 +9,8 @@ on disk. Every path is relative to the results root ``grid.results_dir``:
 * ``model_info.csv``, ``oracle/<dataset>.csv``, ``bench/decoders_<device>.csv``, ``sweeps/decoders.csv``;
 * ``report/`` (the report), ``logs/`` and ``benchmarks/`` (one file per job).
 
+The prepared data the steps read lies under ``data.prepared_dir`` instead (:func:`split_dir`).
+
 A run is named ``<dataset>_<heatmap size>_<loss>``, e.g. ``300w_32_mse_ma``, trained with
 ``train.ma_weight``; a run of the MA-weight sweep with another weight ``w`` is ``300w_32_mse_ma_w<w>``.
 """
@@ -67,6 +69,21 @@ def ma_sweep_runs(params: Params) -> dict[float, Run]:
 def decoder_sweep_run(params: Params) -> Run:
     """The run whose saved test heatmaps the decoder sweeps (Figure 5a-c) decode."""
     return Run(params.sweeps.dataset, params.sweeps.heatmap_size, params.sweeps.loss)
+
+
+def split_dir(params: Params, dataset: str, split: str) -> Path:
+    """The prepared folder of ``dataset``'s ``split`` under ``data.prepared_dir``: ``"train"`` and ``"test"``
+    name the dataset's default splits (:mod:`popos.data.registry`), anything else a split folder.
+
+    >>> from popos.config import load_params
+    >>> split_dir(load_params(), "300w", "test").as_posix()
+    'data/prepared/300w/full'
+    """
+    from popos.data.registry import get_dataset
+
+    spec = get_dataset(dataset)
+    name = {"train": spec.train_split, "test": spec.test_split}.get(split, split)
+    return Path(params.data.prepared_dir) / dataset / name
 
 
 def all_runs(params: Params) -> list[Run]:

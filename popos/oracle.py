@@ -157,7 +157,7 @@ def oracle_study(params: Params, dataset_dir: str | Path | None = None) -> pd.Da
     from popos.decoders import resolve_variants
 
     cfg, input_size = params.oracle, params.model.input_size
-    variants = resolve_variants(params.decode.methods, params.decode.popos)
+    variants = resolve_variants(params.decode.methods, params.decode.popos.model_dump())
     if dataset_dir is None:
         points = random_points(cfg.num_images, cfg.num_landmarks, input_size, cfg.points, seeded_generator(cfg.seed))
         visible = torch.ones(points.shape[:-1], dtype=torch.bool)

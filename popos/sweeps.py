@@ -30,7 +30,7 @@ def sweep_variants(params: Params) -> dict[str, tuple[str, dict, str, float]]:
     from popos.decoders import resolve_variants
 
     name = params.sweeps.method
-    method, base = resolve_variants([name], params.decode.popos)[name]
+    method, base = resolve_variants([name], params.decode.popos.model_dump())[name]
     out = {}
     for knob, option in KNOB_OPTIONS.items():
         for value in getattr(params.sweeps, knob):
@@ -68,7 +68,7 @@ def decoder_sweep(
 def run_decoder_sweep(params: Params, heatmaps: str | Path, checkpoint: str | Path, out: str | Path) -> pd.DataFrame:
     """:func:`decoder_sweep` of the heatmaps that ``checkpoint``'s model produced (its stored config gives
     the input size and flip index), printed and written to ``out`` as CSV (atomically)."""
-    from popos.evaluate import load_checkpoint
+    from popos.checkpoint import load_checkpoint
     from popos.io import atomic_path
 
     cfg = load_checkpoint(checkpoint)["config"]

@@ -11,8 +11,8 @@ and stored in the run's configuration.
 
 Runs on CPU or CUDA (mixed precision with ``train.amp``), and on several processes when started with
 ``torchrun`` (DistributedDataParallel; NCCL on CUDA, gloo on CPU; ``train.batch_size`` is the global batch,
-split over the processes). Each epoch ends with an atomic ``checkpoint.pt`` (model, optimizer, scheduler,
-scaler, RNG states, config, history; loadable with ``torch.load(weights_only=True)``), ``train_log.csv`` and
+split over the processes). Each epoch ends with an atomic ``checkpoint.pt`` (:mod:`popos.checkpoint`: model,
+optimizer, scheduler, scaler, RNG states, config, history and their checksum), ``train_log.csv`` and
 dvclive metrics under ``dvclive/`` (when dvclive, of the ``pipeline`` extra, is installed). ``resume=True``
 continues from the checkpoint; on CPU in one process the result is bit-identical to an uninterrupted run.
 """
@@ -36,27 +36,29 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
+from popos.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from popos.choices import LOSSES
 from popos.codec import encode_heatmaps
 from popos.config import Params
 from popos.data.dataset import LandmarkDataset
 from popos.data.prepared import PreparedSplit
 from popos.data.registry import get_dataset
+from popos.device import resolve_device
 from popos.errors import UserError
-from popos.evaluate import CHECKPOINT_FORMAT, load_checkpoint, resolve_device, split_dir
 from popos.geometry import stride
 from popos.io import atomic_path
+from popos.layout import split_dir
 from popos.losses import LandmarkLoss
 from popos.models import build_model
 from popos.pretrained import load_backbone
 from popos.pretrained import summary as pretrained_summary
 
-LOSSES = ("mse", "mse_ma", "mse_biased")
 # Where and how a run executes, not what it computes: these may change between a run and its resume.
 RESUME_FREE_KEYS = frozenset({"train.workers", "train.device", "data.raw_dir", "data.prepared_dir"})
 QUICK_DECODERS = ("one_hot", "popos")
 
 
-class NonFiniteLossError(ValueError):
+class NonFiniteLossError(UserError, ValueError):
     """The training loss became NaN or infinite; the last checkpoint is left untouched."""
 
 
@@ -175,7 +177,7 @@ def train(
     dev = resolve_device(device or params.train.device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if params.train.batch_size % world:
-        raise ValueError(f"train.batch_size ({params.train.batch_size}) must be divisible by the {world} processes")
+        raise UserError(f"train.batch_size ({params.train.batch_size}) must be divisible by the {world} processes")
     if world > 1:
         if dev.type == "cuda":
             dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -258,14 +260,13 @@ def _train(params: Params, cfg: dict, out_dir: Path, resume: bool, dev: torch.de
                 row.update({k.replace("nme", prefix, 1): v
                             for k, v in _quick_nme(model, faces, folder, rows, params, amp).items()})
         history.append(row)
-        ckpt = {"format_version": CHECKPOINT_FORMAT, "config": cfg, "epoch": epoch + 1, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": _rng_state(), "history": history}
+        ckpt = {"config": cfg, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
+                "history": history}
         _record_epoch(out_dir, ckpt, live)
         if is_best_epoch(history, tp.save_best):
-            with atomic_path(out_dir / "best.pt") as tmp:
-                torch.save(_to_cpu({**ckpt, "selected_on": tp.save_best, "selected_by": BEST_METRIC[tp.save_best]}),
-                           tmp)
+            save_checkpoint({**ckpt, "selected_on": tp.save_best, "selected_by": BEST_METRIC[tp.save_best]},
+                            out_dir / "best.pt")
     if live is not None:
         live.end()
     if world > 1:
@@ -275,8 +276,7 @@ def _train(params: Params, cfg: dict, out_dir: Path, resume: bool, dev: torch.de
 
 def _record_epoch(out_dir: Path, ckpt: dict, live) -> None:
     """Write the epoch's checkpoint and log (each atomically), then its dvclive metrics."""
-    with atomic_path(out_dir / "checkpoint.pt") as tmp:
-        torch.save(_to_cpu(ckpt), tmp)
+    save_checkpoint(ckpt, out_dir / "checkpoint.pt")
     with atomic_path(out_dir / "train_log.csv") as tmp:
         pd.DataFrame(ckpt["history"]).to_csv(tmp, index=False)
     if live is not None:
@@ -392,10 +392,11 @@ def _quick_nme(model: nn.Module, faces, folder: Path, rows: np.ndarray, params: 
     """NME (no flip test) of the one_hot and popos decoders on ``faces`` (rows ``rows`` of the prepared
     split in ``folder``): {'nme_one_hot': ..., 'nme_popos': ...}. Logging only: the weights never depend on
     it, so the decoders are not among the training job's code inputs (workflow/rules/train.smk)."""
-    from popos.evaluate import nme_table, predict_split, resolve_variants, summarize_table
+    from popos.decoders import resolve_variants
+    from popos.evaluate import nme_table, predict_split, summarize_table
 
     loader = DataLoader(faces, batch_size=params.evaluate.batch_size, num_workers=params.train.workers)
-    variants = resolve_variants(QUICK_DECODERS, params.decode.popos)
+    variants = resolve_variants(QUICK_DECODERS, params.decode.popos.model_dump())
     preds = predict_split(model, loader, variants, input_size=params.model.input_size, sigma=params.decode.sigma,
                           amp=amp)
     gt = PreparedSplit.open(folder)
@@ -410,19 +411,8 @@ def check_same_config(saved: dict, current: dict, path: Path) -> None:
     differing = sorted(k for k in old.keys() | new.keys() if k not in RESUME_FREE_KEYS and old.get(k) != new.get(k))
     if differing:
         details = "; ".join(f"{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now" for k in differing)
-        raise ValueError(f"{path}: cannot resume, the checkpoint was trained with another configuration ({details}); "
-                         "use another --out folder or drop --resume to start afresh")
-
-
-def _to_cpu(tree):
-    """The same nested dicts / lists with every tensor on the CPU, so a CPU machine can read the file."""
-    if isinstance(tree, torch.Tensor):
-        return tree.cpu()
-    if isinstance(tree, dict):
-        return {k: _to_cpu(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_to_cpu(v) for v in tree)
-    return tree
+        raise CheckpointError(f"{path}: cannot resume, the checkpoint was trained with another configuration "
+                              f"({details}); use another --out folder or drop --resume to start afresh")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

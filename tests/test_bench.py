@@ -64,7 +64,7 @@ def test_ratio_is_the_median_of_same_round_ratios(monkeypatch, capsys):
     capsys.readouterr()
 
 def test_bad_arguments_are_named():
-    with pytest.raises(ValueError, match="device: expected 'cpu' or 'cuda'"):
+    with pytest.raises(ValueError, match="device: expected 'auto', 'cpu' or 'cuda'"):
         bench.bench_decoders("tpu", 1, 1, [4], 0, 1)
     with pytest.raises(ValueError, match="repeats: expected a positive integer"):
         bench.bench_decoders("cpu", 1, 1, [4], 0, 0)

@@ -3,6 +3,7 @@ the DVC stages, and one real `dvc repro` of a tiny config followed by a decoder-
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -172,6 +173,28 @@ def test_dry_run_of_the_demo_and_code_inputs(project):
         assert drawn == (size in p.report.overlay_sizes), size
 
 
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"decode": {"popos": {"bogus": 1}}}, r"decode\.popos\.bogus: Extra inputs"),
+        ({"decode": {"popos": {"anchors": 2}}}, r"decode\.popos: anchors must be an integer >= 3"),
+        ({"model": {"input_size": 64}}, r"grid\.heatmap_sizes: input_size 64 must be a multiple of 128"),
+        ({"train": {"sigma": float("inf")}}, r"train\.sigma: Input should be a finite number"),
+    ],
+)
+def test_a_bad_setting_stops_the_workflow_before_any_job_and_keeps_results(project, bad, message):
+    (project / "bad.yaml").write_text(yaml.safe_dump(bad))
+    kept = project / "demo/results/eval/synth_8_mse/summary.csv"  # a good result of an earlier run
+    kept.parent.mkdir(parents=True)
+    kept.write_text("method,nme\npopos,0.05\n")
+    for flags in (["-n"], []):  # the dry run and the real run both stop while reading the params
+        proc = subprocess.run([str(BIN / "snakemake"), *flags, "--cores", "1", "--configfile", "config/demo.yaml",
+                               "bad.yaml"], cwd=project, env=_env(), text=True, capture_output=True)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode and re.search(message, out) and "Job stats" not in out, out
+        assert kept.read_text() == "method,nme\npopos,0.05\n"
+
+
 def test_invalid_config_and_config_flag_are_refused(project):
     (project / "bad.yaml").write_text("train:\n  lr: -1\n")
     proc = subprocess.run([str(BIN / "snakemake"), "-n", "--cores", "1", "--configfile", "bad.yaml"], cwd=project,
@@ -219,3 +242,13 @@ def test_dvc_repro_then_a_decoder_knob_reruns_only_evaluation(project):
     assert "train" not in jobs and "train_ma_weight" not in jobs and "synth" not in jobs
     assert jobs["evaluate"] + jobs["evaluate_keep_heatmaps"] == 3
     assert "Running stage 'report'" in changed and "Running stage 'data@synth'" not in changed
+
+    # a bad setting stops `dvc repro` before any job runs, and every result stays as it was
+    results = {p: p.read_bytes() for p in (project / "results").rglob("*") if p.is_file()}
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["decode"]["popos"] = {"bogus": 1}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = subprocess.run([str(BIN / "dvc"), "repro"], cwd=project, env=env, text=True, capture_output=True)
+    assert proc.returncode and "decode.popos.bogus" in proc.stdout + proc.stderr
+    assert "Job stats" not in proc.stdout + proc.stderr
+    assert {p: p.read_bytes() for p in (project / "results").rglob("*") if p.is_file()} == results

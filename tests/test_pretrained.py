@@ -98,7 +98,8 @@ def test_training_logs_and_saves_what_it_loaded(served, tmp_path, monkeypatch, c
     root = write_tiny_dataset(tmp_path / "prepared", n_train=8)
     params = load_params(overrides=[f"data.prepared_dir={root}", f"data.pretrained_dir={weights}",
                                     "model.input_size=32", "train.epochs=1", "train.batch_size=8", "train.workers=0",
-                                    "train.eval_every=0", "augment.rotation_prob=0"])
+                                    "train.eval_every=0", "augment.rotation_prob=0",
+                                    "grid.heatmap_sizes=[8]", "sweeps.heatmap_size=8", "report.overlay_sizes=[8]"])
     train(params, "synth", 8, "mse", tmp_path / "run", device="cpu")
     loaded = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["config"]["pretrained_loaded"]
     n = len(pretrained.backbone_names(build_model(68, 8, input_size=32)))

@@ -53,7 +53,7 @@ def test_each_row_is_the_variant_decoded_directly(heatmaps):
 def test_cli_writes_the_csv(heatmaps, tmp_path, monkeypatch):
     import popos.evaluate
 
-    monkeypatch.setattr(popos.evaluate, "load_checkpoint",
+    monkeypatch.setattr(popos.checkpoint, "load_checkpoint",
                         lambda _: {"config": {"model": {"input_size": INPUT}, "flip_index": list(range(K))}})
     out = tmp_path / "sweep.csv"
     args = ["sweep", "decoders", "--heatmaps", str(heatmaps), "--checkpoint", "unused.pt", "--out", str(out)]

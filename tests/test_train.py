@@ -1,5 +1,6 @@
 import os
 import socket
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -9,10 +10,13 @@ import pytest
 import torch
 
 from popos import geometry
+from popos.checkpoint import CheckpointError, checksum, load_checkpoint, save_checkpoint
 from popos.config import load_params
 from popos.data.prepared import PreparedWriter
 from popos.data.registry import DATASETS
-from popos.train import NonFiniteLossError, make_targets, measure_throughput, train
+from popos.errors import UserError
+from popos.models import build_model
+from popos.train import NonFiniteLossError, make_targets, measure_throughput, run_config, train
 
 K = DATASETS["synth"].num_landmarks
 HEATMAP = 8
@@ -22,7 +26,9 @@ TINY = [
     "model.input_size=32", "model.width=4", "model.stem_width=8", "model.stage1_blocks=1", "model.num_blocks=1",
     "model.num_modules=[1, 1, 1]", "train.batch_size=8", "train.epochs=3", "train.workers=0", "train.lr=0.005",
     "augment.rotation_prob=0", "augment.flip_prob=0.5", "augment.translate=0.02", "decode.methods=[one_hot, popos]",
-    "evaluate.batch_size=8",
+    "evaluate.batch_size=8", "evaluate.save_heatmaps=true", "train.eval_every=1",
+    # a 32 px input makes 8 px heatmaps, not the paper's 64 or 4 (load_params checks it)
+    f"grid.heatmap_sizes=[{HEATMAP}]", f"sweeps.heatmap_size={HEATMAP}", f"report.overlay_sizes=[{HEATMAP}]",
 ]
 
 
@@ -48,6 +54,33 @@ def write_tiny_dataset(root: Path, name: str = "synth", n_train: int = 16, n_tes
 
 def tiny_params(root: Path, *extra: str):
     return load_params(overrides=[*TINY, f"data.prepared_dir={root}", *extra])
+
+
+def save_untrained_checkpoint(path: Path, params, **model) -> Path:
+    """A checkpoint of a freshly initialised model for ``params`` (``model`` overrides its weights' shapes,
+    not the stored config); returns ``path``."""
+    cfg = run_config(params, "synth", HEATMAP, "mse")
+    torch.manual_seed(0)
+    net = build_model(K, HEATMAP, **{**params.model.model_dump(), **model})
+    save_checkpoint({"config": cfg, "epoch": 0, "model": net.state_dict(), "optimizer": {}, "scheduler": {},
+                     "scaler": {}, "rng": {}, "history": []}, path)
+    return path
+
+
+def corrupt_largest_tensor(path: Path, size: int = 4096) -> None:
+    """Zero up to ``size`` bytes in the middle of the largest tensor stored in a torch.save file, in place
+    (torch's zip archives store tensors uncompressed, and torch.load checks no CRC)."""
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    n = min(size, info.file_size // 2)
+    offset = start + (info.file_size - n) // 2
+    assert any(data[offset:offset + n])  # the bytes change
+    data[offset:offset + n] = bytes(n)
+    path.write_bytes(bytes(data))
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +150,7 @@ def test_resume_refuses_another_config(prepared, tmp_path):
     out = tmp_path / "run"
     train(tiny_params(prepared, "train.epochs=1", "train.eval_every=0"), "synth", HEATMAP, "mse", out, device="cpu")
     before = (out / "checkpoint.pt").read_bytes()
-    with pytest.raises(ValueError, match=r"cannot resume.*loss: 'mse' in the checkpoint, 'mse_ma' now.*train\.lr"):
+    with pytest.raises(CheckpointError, match=r"cannot resume.*loss: 'mse' in the checkpoint, 'mse_ma' now.*train\.lr"):
         train(tiny_params(prepared, "train.epochs=1", "train.lr=0.001"), "synth", HEATMAP, "mse_ma", out,
               resume=True, device="cpu")
     # where the data lives and how many loader workers run may change between a run and its resume
@@ -159,7 +192,7 @@ def test_unknown_dataset_and_bad_batch_split_are_refused(prepared, tmp_path, mon
     with pytest.raises(ValueError, match="loss must be one of"):
         train(tiny_params(prepared), "synth", HEATMAP, "l1", tmp_path, device="cpu")
     monkeypatch.setenv("WORLD_SIZE", "3")
-    with pytest.raises(ValueError, match=r"train.batch_size \(8\) must be divisible by the 3 processes"):
+    with pytest.raises(UserError, match=r"train.batch_size \(8\) must be divisible by the 3 processes"):
         train(tiny_params(prepared), "synth", HEATMAP, "mse", tmp_path, device="cpu")
 
 
@@ -205,3 +238,43 @@ def test_mixed_precision_training_and_evaluation_on_cuda(prepared, tmp_path):
     assert all(t.device.type == "cpu" for t in ckpt["model"].values())
     summary = evaluate(params, tmp_path / "run" / "checkpoint.pt", "test", tmp_path / "eval", device="cuda")
     assert summary["method"].tolist() == ["one_hot", "popos"] and (summary["nme"] > 0).all()
+
+
+def test_checkpoint_round_trip_and_checksum(prepared, tmp_path):
+    path = save_untrained_checkpoint(tmp_path / "checkpoint.pt", tiny_params(prepared))
+    state = load_checkpoint(path)
+    assert state["format_version"] == 2 and state["checksum"] == checksum(state)
+    assert state["checksum"] != checksum({**state, "epoch": 1})
+    # a weight changed in memory changes the checksum (it covers every tensor's bytes)
+    weights = dict(state["model"])
+    name = next(k for k, v in weights.items() if v.is_floating_point() and v.numel() > 1)
+    weights[name] = weights[name].clone()
+    weights[name].view(-1)[0] += 1
+    assert checksum({**state, "model": weights}) != state["checksum"]
+
+
+def test_corrupt_weights_are_refused_by_resume_and_load(prepared, tmp_path):
+    out = tmp_path / "run"
+    params = tiny_params(prepared, "train.epochs=1", "train.eval_every=0")
+    train(params, "synth", HEATMAP, "mse", out, device="cpu")
+    corrupt_largest_tensor(out / "checkpoint.pt")
+    torch.load(out / "checkpoint.pt", weights_only=True)  # torch itself reads the corrupt file without a word
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt: checksum mismatch"):
+        load_checkpoint(out / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt: checksum mismatch"):
+        train(tiny_params(prepared, "train.epochs=2", "train.eval_every=0"), "synth", HEATMAP, "mse", out,
+              resume=True, device="cpu")
+
+
+def test_old_and_foreign_checkpoints_are_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="none.pt: checkpoint not found"):
+        load_checkpoint(tmp_path / "none.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a popos checkpoint.*config"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    torch.save({"format_version": 1, "config": {}, "model": {}}, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="old.pt: checkpoint format 1, this popos reads format 2"):
+        load_checkpoint(tmp_path / "old.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="text.pt: not a readable popos checkpoint"):
+        load_checkpoint(tmp_path / "text.pt")

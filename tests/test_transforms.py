@@ -91,7 +91,7 @@ def test_single_pixel_lands_exactly_where_its_coordinate_goes():
 
 def test_sample_augmentation_follows_the_config():
     rng = np.random.default_rng(0)
-    cfg = AugmentSection()
+    cfg = AugmentSection(translate=0.05, color_jitter=0.2)  # the demo's shift and colour jitter
     draws = [sample_augmentation(rng, cfg) for _ in range(4000)]
     flips = np.mean([a.flip for a in draws])
     rotations = np.array([a.rotation for a in draws])

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from popos.errors import UserError
+
 FORMAT_VERSION = 1
 DEFAULT_PADDING = 1.25
 DEFAULT_CONTEXT = 1.5
@@ -127,6 +129,10 @@ class PreparedWriter:
         shutil.rmtree(old, ignore_errors=True)
 
 
+class NotPreparedError(UserError, FileNotFoundError):
+    """A folder that should hold a prepared split does not."""
+
+
 @dataclass(frozen=True)
 class PreparedSplit:
     """Read-only view of a prepared split (see the module docstring for the fields)."""
@@ -146,7 +152,7 @@ class PreparedSplit:
         root = Path(split_dir)
         meta_path = root / "meta.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(f"{root}: not a prepared split (no meta.json); run `popos data prepare` first")
+            raise NotPreparedError(f"{root}: not a prepared split (no meta.json); run `popos data prepare` first")
         meta = json.loads(meta_path.read_text())
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from popos import geometry
 from popos.data.prepared import DEFAULT_CONTEXT, DEFAULT_PADDING, PreparedWriter
+from popos.errors import UserError
 
 DATASET = "synth"
 NUM_LANDMARKS = 68
@@ -390,6 +391,10 @@ def _degrade(img: np.ndarray, native: float, rng: np.random.Generator, noise: np
 
 
 # ------------------------------------------------------------------------------------------- renderer
+class SynthSettingsError(UserError, ValueError):
+    """A setting the synthetic faces cannot be rendered with."""
+
+
 class SynthRenderer:
     """Renders face ``(split, index)`` of the synthetic dataset for one ``seed`` and crop geometry.
 
@@ -400,7 +405,7 @@ class SynthRenderer:
     def __init__(self, crop_size: int, *, seed: int = 0, padding: float = DEFAULT_PADDING,
                  context: float = DEFAULT_CONTEXT) -> None:
         if crop_size < 32:
-            raise ValueError(f"crop_size must be at least 32 px, got {crop_size}")
+            raise SynthSettingsError(f"crop_size must be at least 32 px, got {crop_size}")
         if padding <= 0 or context < 1:
             raise ValueError(f"need padding > 0 and context >= 1, got padding={padding}, context={context}")
         self.crop_size, self.seed, self.padding, self.context = int(crop_size), int(seed), padding, context

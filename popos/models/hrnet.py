@@ -241,6 +241,32 @@ class HRNetHeatmap(nn.Module):
         return self.head(torch.cat([centred_upsample(x, 2**i) for i, x in enumerate(xs)], dim=1))
 
 
+def architecture(input_size: int, heatmap_size: int) -> StemRow:
+    """The row of :data:`ARCHITECTURES` for ``stride = input_size / heatmap_size``; ``ValueError`` if none fits.
+
+    The stride must be a key of :data:`ARCHITECTURES`, and ``input_size`` a multiple of the stride of the
+    row's coarsest branch.
+
+    >>> architecture(256, 8).stages, architecture(256, 4).stages
+    (3, 2)
+    """
+    stride, rest = divmod(input_size, heatmap_size)
+    if rest or stride not in ARCHITECTURES:
+        allowed = ", ".join(f"{input_size // s} (stride {s})" for s in ARCHITECTURES if input_size % s == 0)
+        raise ValueError(
+            f"heatmap_size {heatmap_size} at input_size {input_size}: stride {input_size / heatmap_size:g} has no "
+            f"architecture; allowed heatmap sizes at this input: {allowed or 'none'} (strides {list(ARCHITECTURES)})"
+        )
+    row = ARCHITECTURES[stride]
+    coarsest = stride * 2 ** (row.stages - 1)
+    if input_size % coarsest:
+        raise ValueError(
+            f"input_size {input_size} must be a multiple of {coarsest} for heatmap_size {heatmap_size} "
+            f"(the coarsest of its {row.stages} branches has stride {coarsest})"
+        )
+    return row
+
+
 def build_model(
     num_landmarks: int,
     heatmap_size: int,
@@ -274,20 +300,7 @@ def build_model(
     num_modules = tuple(num_modules)
     if len(num_modules) != 3 or any(not isinstance(m, int) or m < 1 for m in num_modules):
         raise ValueError(f"num_modules must be 3 positive integers (stages 2, 3, 4), got {num_modules!r}")
-    stride, rest = divmod(input_size, heatmap_size)
-    if rest or stride not in ARCHITECTURES:
-        allowed = ", ".join(f"{input_size // s} (stride {s})" for s in ARCHITECTURES if input_size % s == 0)
-        raise ValueError(
-            f"heatmap_size {heatmap_size} at input_size {input_size}: stride {input_size / heatmap_size:g} has no "
-            f"architecture; allowed heatmap sizes at this input: {allowed or 'none'} (strides {list(ARCHITECTURES)})"
-        )
-    row = ARCHITECTURES[stride]
-    coarsest = stride * 2 ** (row.stages - 1)
-    if input_size % coarsest:
-        raise ValueError(
-            f"input_size {input_size} must be a multiple of {coarsest} for heatmap_size {heatmap_size} "
-            f"(the coarsest of its {row.stages} branches has stride {coarsest})"
-        )
+    row = architecture(input_size, heatmap_size)
     model = HRNetHeatmap(num_landmarks, row, width=width, stem_width=stem_width, stage1_blocks=stage1_blocks,
                          num_blocks=num_blocks, num_modules=num_modules)
     if pretrained is not None:

@@ -15,10 +15,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from popos.choices import HEATMAP_SIZES
 from popos.io import write_csv_atomic
 from popos.models.hrnet import build_model
-
-HEATMAP_SIZES = (64, 32, 16, 8, 4)
 
 
 def model_stats(model: nn.Module, input_size: int) -> tuple[int, float]:

@@ -3,6 +3,8 @@
 import ast
 import json
 
+from popos.layout import split_dir
+
 EVAL_OUTPUTS = ["summary.csv", "per_image.csv", "predictions.npz", "metrics.json"]
 
 
@@ -60,8 +62,7 @@ def _popos_imports(path, package):
 
 def split_files(dataset, which):
     """The files of the prepared ``which`` ('train' / 'test') split of ``dataset``."""
-    spec = DATASETS[dataset]
-    folder = PREP / dataset / (spec.train_split if which == "train" else spec.test_split)
+    folder = split_dir(P, dataset, which)
     return {"meta": str(folder / "meta.json"), "annotations": str(folder / "annotations.npz"),
             "crops": str(folder / "crops.u8")}
 
