@@ -9,7 +9,7 @@
   ``decoder_speed.csv`` (Table 2), ``ablation.csv`` (Figure 4), ``sweeps.csv`` and ``fig5_<knob>.csv``
   (Figure 5), ``oracle.csv``;
 * the figures (:mod:`.figures`): ``fig3_radar.png``, ``fig4_ablation.png``, ``fig5_sweeps.png``,
-  ``ced.png``, ``speed.png``, ``nme_grid.png``, ``fig6_<dataset>.png``;
+  ``ced.png``, ``speed.png``, ``nme_grid.png``, ``fig6_<dataset>.jpg``;
 * ``metrics.json``: NME (%) per dataset x loss x decoder x heatmap size, for ``dvc metrics``.
 
 NME and FR are in percent, AUC is a fraction in [0, 1] (all at ``evaluate.fr_threshold``); oracle
@@ -76,14 +76,15 @@ def build_report(params: Params, results: str | Path, out_dir: str | Path) -> Pa
         "nme_grid.png": lambda: nme_grid_figure(params, per_res),
     }
     for d in datasets(params):
-        figures[f"fig6_{d}.png"] = lambda d=d: overlay_figure(params, layout, d, grid_images)
+        figures[f"fig6_{d}.jpg"] = lambda d=d: overlay_figure(params, layout, d, grid_images)
     with atomic_dir(out_dir) as tmp:
         for name, frame in result.items():
             frame.to_csv(tmp / f"{name}.csv", index=False)
         for knob, part in sweeps.groupby("knob", sort=False):
             part[["value", "nme", "nme_se"]].to_csv(tmp / f"fig5_{knob}.csv", index=False)
         for name, draw in figures.items():
-            draw().savefig(tmp / name, dpi=DPI)
+            photo = {"pil_kwargs": {"quality": 85}} if name.endswith(".jpg") else {}  # faces: JPEG keeps them small
+            draw().savefig(tmp / name, dpi=DPI, **photo)
         (tmp / "metrics.json").write_text(json.dumps(tables.metrics(per_res, sweeps), indent=2) + "\n")
         (tmp / "report.md").write_text(report_md(params, result, list(figures), environment(), face_problems))
     return Path(out_dir) / "report.md"

@@ -96,7 +96,7 @@ def headline_md(params: Params, head: pd.DataFrame, face_problems: list[str]) ->
              "first is better); the best NME of each row is in bold.")
     if not paper_shown(params):
         intro += f" The paper's numbers are not shown: its models were trained with {LOSS_LABELS[paper.LOSS]}."
-    blocks = [intro]
+    blocks = [intro, "\n".join(f"- {verdict(params, head[head.dataset == d])}" for d in datasets(params))]
     header = ["heatmap", "POPoS (authors' decoder)", "POPoS, ours", "best other decoder", "paper's POPoS",
               "ours - authors'", "ours - paper", "authors' - paper"]
     for d in datasets(params):
@@ -108,7 +108,7 @@ def headline_md(params: Params, head: pd.DataFrame, face_problems: list[str]) ->
             rows.append([size_label(r.heatmap_size), bold(fmt(r.authors), mark[0]), bold(fmt(r.ours), mark[1]), other,
                          fmt(r.paper), fmt(r.ours_vs_authors, sign=True), fmt(r.ours_vs_paper, sign=True),
                          fmt(r.authors_vs_paper, sign=True)])
-        blocks.append(f"### {label(d)}\n\n{verdict(params, part)}\n\n{table(header, rows)}")
+        blocks.append(f"{label(d)}:\n\n{table(header, rows)}")
     if face_problems:
         blocks.append("**Warning: these models' predictions do not cover exactly their prepared test split's faces** "
                       "(re-run their evaluation):\n\n" + "\n".join(f"- {p}" for p in face_problems))

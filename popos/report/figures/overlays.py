@@ -58,7 +58,8 @@ def overlay_figure(params: Params, layout: Layout, dataset: str, per_image: pd.D
                 ax = axes[f][j]
                 pred = apply_affine(preds[m][face], m_crop)[seen]
                 ax.imshow(split.crops[face])
-                ax.add_collection(LineCollection(np.stack([gt, pred], axis=1), colors="tab:blue", linewidths=0.8))
+                ax.add_collection(LineCollection(np.stack([gt, pred], axis=1), colors="tab:blue", linewidths=0.8,
+                                         clip_on=True), autolim=False)
                 ax.scatter(gt[:, 0], gt[:, 1], s=5, color="lime", zorder=3, linewidths=0)
                 ax.scatter(pred[:, 0], pred[:, 1], s=5, color="red", zorder=4, linewidths=0)
                 ax.set_xlim(s / 2 - half, s / 2 + half)
@@ -71,6 +72,6 @@ def overlay_figure(params: Params, layout: Layout, dataset: str, per_image: pd.D
                     ax.set_title(label(m), fontsize=9)
                 if j == 0:
                     ax.set_ylabel(f"face {face}", fontsize=8)
-    fig.suptitle(f"Figure 6, {label(dataset)} ({LOSS_LABELS[params.report.main_loss]} models): green ground truth, "
-                 "red prediction, blue error; the face's NME in each corner")
+    fig.suptitle(f"Figure 6, {label(dataset)} ({LOSS_LABELS[params.report.main_loss]} models)\ngreen: ground truth, "
+                 "red: prediction, blue: error; the face's NME (%) in the corner")
     return fig
