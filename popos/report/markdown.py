@@ -71,9 +71,15 @@ def verdict(params: Params, part: pd.DataFrame) -> str:
             cells = ", ".join(f"{size_label(r.heatmap_size)} {fmt(r.authors_vs_paper, sign=True)}"
                               for r in off.itertuples())
             clauses.append(f"the paper's POPoS is NOT reproduced within {tol} at {cells} points")
+    elif AUTHORS not in params.decode.methods:
+        cells = ", ".join(f"{size_label(r.heatmap_size)} {fmt(r.ours_vs_paper, sign=True)}"
+                          for r in first.itertuples() if np.isfinite(r.ours_vs_paper))
+        clauses.append("the authors' decoder (popos_authors) is not in decode.methods"
+                       + (f"; POPoS, ours - the paper's POPoS: {cells}" if cells else ""))
+    elif not paper_shown(params):
+        clauses.append(f"the paper's numbers are not shown (its models were trained with {LOSS_LABELS[paper.LOSS]})")
     else:
-        clauses.append("no published numbers to reproduce" if paper_shown(params) or part.paper.isna().all()
-                       else "the paper's numbers are not shown for this loss")
+        clauses.append("the paper has no numbers for this dataset")
     if np.isfinite(first.ours_vs_authors.astype(float)).any():
         better = first.ours_vs_authors < 0
         cells = ", ".join(f"{size_label(r.heatmap_size)} {fmt(r.ours_vs_authors, sign=True)}"
