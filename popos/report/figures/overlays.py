@@ -37,7 +37,7 @@ def overlay_figure(params: Params, layout: Layout, dataset: str, per_image: pd.D
     split = PreparedSplit.open(test_split_dir(params, dataset))
     faces = overlay_faces(len(split), params.report.overlay_faces)
     methods, sizes = overlay_methods(params), params.report.overlay_sizes
-    fig = Figure(figsize=(PANEL_IN * len(methods), (PANEL_IN * len(faces) + 0.45) * len(sizes) + 0.3),
+    fig = Figure(figsize=(PANEL_IN * max(len(methods), 4), (PANEL_IN * len(faces) + 0.45) * len(sizes) + 0.3),
                  layout="constrained")
     blocks = fig.subfigures(len(sizes), 1, squeeze=False)[:, 0]
     s = split.meta["crop_size"]

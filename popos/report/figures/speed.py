@@ -46,11 +46,12 @@ def speed_figure(speed: pd.DataFrame) -> Figure:
             row[1].plot(x[shown], theirs[shown], "D", color=color(m), markerfacecolor="white", markersize=6,
                         zorder=5)
         row[1].axhline(1, color="gray", lw=0.8)
+        row[1].set_ylim(bottom=0.5)  # one-hot's bars (1) stay visible
         row[0].set_ylabel("ms per face")
         row[1].set_ylabel("time / one-hot's time")
         row[0].set_title(f"{device}, batch {int(part.batch.iloc[0])}: ms per face", fontsize=10)
         row[1].set_title(f"{device}: time / one-hot's time (1: as fast; 2: twice as slow)", fontsize=10)
         row[0].legend(fontsize=7, ncols=2)
-    fig.suptitle("Table 2 as bars: decoding speed, lower is faster (bars: median over the interleaved rounds, "
+    fig.suptitle("Table 2 as bars: decoding speed, lower is faster\n(bars: median over the interleaved rounds, "
                  f"whiskers: quartiles; open diamonds: the paper at {size_label(paper.TABLE2_HEATMAP_SIZE)})")
     return fig
