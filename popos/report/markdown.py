@@ -153,7 +153,7 @@ def table1_md(params: Params, t1: pd.DataFrame) -> str:
 def per_resolution_md(params: Params, per_res: pd.DataFrame, dataset: str) -> str:
     sizes = params.grid.heatmap_sizes
     blocks = []
-    for loss in params.grid.losses:
+    for loss in sorted(params.grid.losses, key=lambda x: x != paper.LOSS):  # the paper's loss first
         part = per_res[(per_res.dataset == dataset) & (per_res.loss == loss)]
         methods = params.decode.methods
         wide = part.pivot(index="method", columns="heatmap_size", values="nme").loc[methods, sizes]
