@@ -205,7 +205,7 @@ def test_face_check_names_runs_evaluated_on_other_faces(built):
     dropped = per_image[~((per_image.run == "aflw_8_mse_ma") & (per_image["index"] == 0))]
     problems = inputs.check_faces(params, renamed) + inputs.check_faces(params, dropped)
     assert len(problems) == 2
-    assert problems[0].startswith("cofw_4_mse (one_hot): face 3 is 'cofw/other.jpg'")
+    assert problems[0].startswith("cofw_4_mse: face 3 is 'cofw/other.jpg', the split's is 'cofw/00003.jpg'")
     assert problems[1].startswith(f"aflw_8_mse_ma (one_hot): {FACES - 1} faces, the split has {FACES}")
 
 

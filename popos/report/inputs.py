@@ -92,14 +92,17 @@ def check_faces(params: Params, per_image: pd.DataFrame) -> list[str]:
         with np.load(split / "annotations.npz") as z:
             expected = z["image"].astype(str)
         for run, part in per_image[per_image.dataset == d].groupby("run", sort=False):
-            for method, faces in part.groupby("method", sort=False):
-                got = faces.sort_values("index")["image"].astype(str).to_numpy()
-                if len(got) != len(expected) or (got != expected).any():
-                    differ = len(got) != len(expected) and f"{len(got)} faces, the split has {len(expected)}" or (
-                        f"face {int(np.flatnonzero(got != expected)[0])} is {got[got != expected][0]!r}, "
-                        f"the split's is {expected[got != expected][0]!r}")
-                    problems.append(f"{run} ({method}): {differ} ({split})")
-                    break
+            counts = part.groupby("method", sort=False).size()
+            if (counts != len(expected)).any():
+                method = counts.index[(counts != len(expected)).argmax()]
+                problems.append(f"{run} ({method}): {counts[method]} faces, the split has {len(expected)} ({split})")
+                continue
+            faces = part.drop_duplicates(["index", "image"]).sort_values("index")
+            got = faces["image"].astype(str).to_numpy()
+            if len(got) != len(expected) or (got != expected).any():
+                first = int(np.flatnonzero(got[: len(expected)] != expected[: len(got)])[0])
+                ours, theirs = str(got[first]), str(expected[first])
+                problems.append(f"{run}: face {first} is {ours!r}, the split's is {theirs!r} ({split})")
     return problems
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
@@ -10,6 +11,7 @@ from popos.config import Params
 from popos.report.style import LOSS_LABELS, color, datasets, label, line_width, size_label, z_order
 
 QUANTILE = 0.95  # each panel's x axis reaches the slowest decoder's 95th percentile
+STEPS = 401  # a larger test set is drawn from this many quantiles: the same picture, many times faster
 
 
 def ced_figure(params: Params, per_image: pd.DataFrame) -> Figure:
@@ -25,7 +27,10 @@ def ced_figure(params: Params, per_image: pd.DataFrame) -> Figure:
             ax = axes[i][j]
             part = data[(data.dataset == d) & (data.heatmap_size == s)]
             for m in methods:
-                sns.ecdfplot(x=part.loc[part.method == m, "nme"].to_numpy(), ax=ax, color=color(m),
+                nme = part.loc[part.method == m, "nme"].to_numpy()
+                if len(nme) > STEPS:
+                    nme = np.quantile(nme, np.linspace(0, 1, STEPS))
+                sns.ecdfplot(x=nme, ax=ax, color=color(m),
                              lw=line_width(m) * 0.8, zorder=z_order(m), label=label(m))
             right = 1.1 * part.groupby("method")["nme"].quantile(QUANTILE).max()
             if threshold < right:
