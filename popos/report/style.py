@@ -8,6 +8,8 @@ coincide with ours.
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib
 import matplotlib.ticker
 import numpy as np
@@ -104,3 +106,19 @@ def log_y(ax, values) -> None:
     ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
     ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_ylim(ticks[0] * 0.9, ticks[-1] * 1.1)
+
+
+def suptitle(fig: Figure, text: str) -> None:
+    """The figure's title, wrapped to its width (a one-panel figure is narrower than a long title)."""
+    fig.suptitle("\n".join(textwrap.wrap(text, width=max(30, int(fig.get_figwidth() * 8.5)))))
+
+
+def legend_columns(fig: Figure, n: int) -> int:
+    """As many legend columns as fit the figure's width, at most ``n``."""
+    return max(1, min(n, int(fig.get_figwidth() / 2.0)))
+
+
+def decoder_order(methods) -> list[str]:
+    """``methods`` in the palette's order, so that every figure lists the decoders alike."""
+    known = [m for m in DECODER_COLORS if m in set(methods)]
+    return known + [m for m in dict.fromkeys(methods) if m not in DECODER_COLORS]

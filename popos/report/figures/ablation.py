@@ -8,7 +8,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from popos.config import Params
-from popos.report.style import ABLATION_STEPS, color, datasets, grid_figure, label, log_y
+from popos.report.style import ABLATION_STEPS, color, datasets, grid_figure, label, legend_columns, log_y, suptitle
 
 
 def ablation_figure(params: Params, table: pd.DataFrame) -> Figure:
@@ -31,6 +31,7 @@ def ablation_figure(params: Params, table: pd.DataFrame) -> Figure:
         ax.grid(axis="y", alpha=0.3)
     handles = [matplotlib.patches.Patch(facecolor=color(m), hatch=None if loss == "mse_ma" else "///",
                                         edgecolor="white", label=s) for s, m, loss in steps]
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(steps), 3), fontsize=8, frameon=False)
-    fig.suptitle("Figure 4: from KeyPosS to POPoS (hatched: trained without the MA loss); lower is better")
+    fig.legend(handles=handles, loc="outside lower center", ncols=legend_columns(fig, len(steps)), fontsize=8,
+               frameon=False)
+    suptitle(fig, "Figure 4: from KeyPosS to POPoS (hatched: trained without the MA loss); lower is better")
     return fig

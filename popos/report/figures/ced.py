@@ -8,7 +8,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from popos.config import Params
-from popos.report.style import LOSS_LABELS, color, datasets, label, line_width, size_label, z_order
+from popos.report.style import LOSS_LABELS, color, datasets, label, line_width, size_label, suptitle, z_order
 
 QUANTILE = 0.95  # each panel's x axis reaches the slowest decoder's 95th percentile
 STEPS = 401  # a larger test set is drawn from this many quantiles: the same picture, many times faster
@@ -43,6 +43,6 @@ def ced_figure(params: Params, per_image: pd.DataFrame) -> Figure:
             ax.grid(alpha=0.3)
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=min(len(methods), 7),
                fontsize=8, frameon=False)
-    fig.suptitle(f"Cumulative error distribution ({LOSS_LABELS[params.report.main_loss]} models; one x scale per "
+    suptitle(fig, f"Cumulative error distribution ({LOSS_LABELS[params.report.main_loss]} models; one x scale per "
                  f"panel; dashed: the FR / AUC threshold {threshold:g} %)")
     return fig

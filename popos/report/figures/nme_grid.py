@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from popos.config import Params
-from popos.report.style import LOSS_LABELS, datasets, grid_figure, label, size_label
+from popos.report.style import LOSS_LABELS, datasets, grid_figure, label, size_label, suptitle
 
 
 def nme_grid_figure(params: Params, per_res: pd.DataFrame) -> Figure:
@@ -33,6 +33,6 @@ def nme_grid_figure(params: Params, per_res: pd.DataFrame) -> Figure:
         ax.set_xlabel("heatmap size")
         ax.set_ylabel("")
         ax.set_title(f"{label(d)}: NME (%)")
-    fig.suptitle(f"NME per decoder and heatmap size ({LOSS_LABELS[params.report.main_loss]} models; the paper's "
+    suptitle(fig, f"NME per decoder and heatmap size ({LOSS_LABELS[params.report.main_loss]} models; the paper's "
                  "in parentheses; red frame: best of the column)")
     return fig

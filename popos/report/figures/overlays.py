@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from popos import paper_numbers as paper
 from popos.config import Params
 from popos.layout import Layout, Run
-from popos.report.style import LOSS_LABELS, label, size_label
+from popos.report.style import LOSS_LABELS, label, size_label, suptitle
 
 BLOCK_COLORS = ("#ffffff", "#eef2f7")  # alternate backgrounds that keep the heatmap sizes apart
 PANEL_IN = 1.55
@@ -72,6 +72,6 @@ def overlay_figure(params: Params, layout: Layout, dataset: str, per_image: pd.D
                     ax.set_title(label(m), fontsize=9)
                 if j == 0:
                     ax.set_ylabel(f"face {face}", fontsize=8)
-    fig.suptitle(f"Figure 6, {label(dataset)} ({LOSS_LABELS[params.report.main_loss]} models)\ngreen: ground truth, "
+    suptitle(fig, f"Figure 6, {label(dataset)} ({LOSS_LABELS[params.report.main_loss]} models)\ngreen: ground truth, "
                  "red: prediction, blue: error; the face's NME (%) in the corner")
     return fig

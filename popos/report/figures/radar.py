@@ -8,7 +8,18 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from popos.config import Params
-from popos.report.style import PAPER_LINE, color, datasets, grid_figure, label, line_width, log_ticks, z_order
+from popos.report.style import (
+    PAPER_LINE,
+    color,
+    datasets,
+    grid_figure,
+    label,
+    legend_columns,
+    line_width,
+    log_ticks,
+    suptitle,
+    z_order,
+)
 
 
 def radar_figure(params: Params, per_res: pd.DataFrame) -> Figure:
@@ -52,7 +63,8 @@ def radar_figure(params: Params, per_res: pd.DataFrame) -> Figure:
     if drew_paper:
         handles.append(matplotlib.lines.Line2D([], [], color="gray", **PAPER_LINE))
         labels.append("the paper (its POPoS: the authors' decoder)")
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8, frameon=False)
-    fig.suptitle("Figure 3: NME (%) per heatmap size, log radius, one scale per dataset; nearer the centre is "
+    fig.legend(handles, labels, loc="outside lower center", ncols=legend_columns(fig, len(labels)), fontsize=8,
+               frameon=False)
+    suptitle(fig, "Figure 3: NME (%) per heatmap size, log radius, one scale per dataset; nearer the centre is "
                  "better")
     return fig

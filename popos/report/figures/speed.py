@@ -8,7 +8,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from popos import paper_numbers as paper
-from popos.report.style import color, label, size_label
+from popos.report.style import color, decoder_order, label, size_label, suptitle
 
 
 def speed_figure(speed: pd.DataFrame) -> Figure:
@@ -20,7 +20,7 @@ def speed_figure(speed: pd.DataFrame) -> Figure:
     for row, device in zip(axes, devices, strict=True):
         part = speed[speed.device == device].copy()
         sizes = sorted(set(part.heatmap_size), reverse=True)
-        methods = list(dict.fromkeys(part.method))
+        methods = decoder_order(part.method)
         part["size"] = pd.Categorical(part.heatmap_size.map(size_label), [size_label(s) for s in sizes])
         part["decoder"] = part.method.map(label)
         palette = {label(m): color(m) for m in methods}
@@ -52,6 +52,6 @@ def speed_figure(speed: pd.DataFrame) -> Figure:
         row[0].set_title(f"{device}, batch {int(part.batch.iloc[0])}: ms per face", fontsize=10)
         row[1].set_title(f"{device}: time / one-hot's time (1: as fast; 2: twice as slow)", fontsize=10)
         row[0].legend(fontsize=7, ncols=2)
-    fig.suptitle("Table 2 as bars: decoding speed, lower is faster\n(bars: median over the interleaved rounds, "
+    suptitle(fig, "Table 2 as bars: decoding speed, lower is faster\n(bars: median over the interleaved rounds, "
                  f"whiskers: quartiles; open diamonds: the paper at {size_label(paper.TABLE2_HEATMAP_SIZE)})")
     return fig

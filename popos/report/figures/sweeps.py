@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 
 from popos import paper_numbers as paper
 from popos.config import Params
-from popos.report.style import LOSS_LABELS, color, grid_figure, label
+from popos.report.style import LOSS_LABELS, color, grid_figure, label, suptitle
 
 SWEEP_KNOBS = {
     "region": "(a) sampling area (side, heatmap px)",
@@ -41,7 +41,7 @@ def sweeps_figure(params: Params, sweeps: pd.DataFrame) -> Figure:
         ax.set_ylabel("NME (%)")
         ax.legend(fontsize=7)
     s = params.sweeps
-    fig.suptitle(f"Figure 5: {label(s.method)} on {label(s.dataset)} at {s.heatmap_size}x{s.heatmap_size}: "
+    suptitle(fig, f"Figure 5: {label(s.method)} on {label(s.dataset)} at {s.heatmap_size}x{s.heatmap_size}: "
                  f"(a-c) decoder knobs on the saved heatmaps of the {LOSS_LABELS[s.loss]} model, "
                  "(d) one model per MA weight")
     return fig
