@@ -8,7 +8,7 @@ import pandas as pd
 
 from popos import paper_numbers as paper
 from popos.config import Params
-from popos.report.style import LOSS_LABELS, datasets, label, paper_shown, size_label
+from popos.report.style import LOSS_LABELS, datasets, decoder_order, label, paper_shown, size_label
 from popos.report.tables import AUTHORS, OURS
 
 
@@ -190,7 +190,7 @@ def speed_md(speed: pd.DataFrame) -> str:
     blocks = []
     for device, part in speed.groupby("device", sort=False):
         sizes = list(dict.fromkeys(part["heatmap_size"]))
-        methods = list(dict.fromkeys(part["method"]))
+        methods = decoder_order(part["method"])
         wide = part.pivot(index="method", columns="heatmap_size", values="faces_per_s").loc[methods, sizes]
         marks = np.column_stack([best(wide[s], lowest=False) for s in sizes])
         rows = [[label(m), *[bold(f"{v:,.0f}", marks[i, j]) for j, v in enumerate(wide.loc[m])]]
@@ -201,6 +201,7 @@ def speed_md(speed: pd.DataFrame) -> str:
         size = paper.TABLE2_HEATMAP_SIZE
         at = part[part.heatmap_size == size].set_index("method")
         if not at.empty:
+            at = at.loc[[m for m in methods if m in at.index]]
             ours, theirs = best(at["time_vs_one_hot"]), best(at["paper_time_vs_one_hot"])
             rows = [[label(m), fmt(r.ms, 3), f"{r.ms_per_face:.4f}", f"{r.faces_per_s:,.0f}",
                      bold(fmt(r.time_vs_one_hot), ours[i]), fmt(r.paper_ms), fmt(r.paper_fps, 1),
