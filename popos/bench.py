@@ -23,7 +23,7 @@ from popos.device import resolve_device
 from popos.io import write_csv_atomic
 from popos.oracle import oracle_heatmaps, random_points, seeded_generator
 
-COLUMNS = ["device", "heatmap_size", "method", "batch", "ms", "faces_per_s", "ratio_to_one_hot"]
+COLUMNS = ["device", "heatmap_size", "method", "batch", "ms", "ms_q1", "ms_q3", "faces_per_s", "ratio_to_one_hot"]
 REFERENCE = "one_hot"
 
 
@@ -66,7 +66,8 @@ def bench_decoders(
     how many times slower). ``sigma`` (heatmap
     px) and ``popos_options`` go to the decoders as in evaluation (``popos.decoders.resolve_variants``).
     Prints the table and, with ``out``, writes it as CSV (atomically). Returns a DataFrame with the columns
-    ``COLUMNS``: ``ms`` per batch (median), ``faces_per_s = batch / ms * 1000``.
+    ``COLUMNS``: ``ms`` per batch (median; ``ms_q1``, ``ms_q3``: its quartiles over the rounds),
+    ``faces_per_s = batch / ms * 1000``.
     """
     from popos.decoders import VARIANTS, decode, resolve_variants
 
@@ -93,7 +94,9 @@ def bench_decoders(
         times = _round_times_ms(calls, warmup, repeats, dev)
         for name in names:
             ms = float(np.median(times[name]))
+            q1, q3 = np.percentile(times[name], [25, 75])
             rows.append({"device": device, "heatmap_size": size, "method": name, "batch": batch, "ms": ms,
+                         "ms_q1": float(q1), "ms_q3": float(q3),
                          "faces_per_s": batch / ms * 1000.0,
                          "ratio_to_one_hot": float(np.median(times[name] / times[REFERENCE]))})
         progress.update(len(names))

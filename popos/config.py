@@ -364,6 +364,9 @@ class ReportSection(Section):
     )
     overlay_faces: int = Field(default=4, ge=1, description="test faces drawn in Figure 6")
     overlay_sizes: list[HeatmapSize] = Field(default=[8, 4], min_length=1, description="heatmap sizes of Figure 6")
+    reproduced_within: float = Field(
+        default=0.1, gt=0, description="the headline calls a paper NME reproduced within this fraction of it"
+    )
 
 
 class Params(Section):

@@ -1,4 +1,4 @@
-"""Atomic file writes (a file is either its old self or completely new, never half-written) and copies."""
+"""Atomic writes and copies: a file or folder is either its old self or completely new, never half-written."""
 
 from __future__ import annotations
 
@@ -65,3 +65,28 @@ def copy_file(src: str | Path, dst: str | Path) -> None:
         except (ImportError, OSError):  # no fcntl (Windows) or no reflink on this filesystem
             pass
         shutil.copyfileobj(source, target, 1 << 20)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh folder beside ``path`` that replaces the folder ``path`` only if the block succeeds.
+
+    The old folder is moved aside and removed only after the new one is in place; on any exception the
+    new folder is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would make the folder private
+    try:
+        yield tmp
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old."))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

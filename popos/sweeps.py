@@ -16,7 +16,7 @@ from popos.config import Params
 
 #: sweeps.<knob> -> the POPoS decoder option it sets.
 KNOB_OPTIONS = {"region": "region", "samples_per_pixel": "samples_per_pixel", "anchors": "anchors"}
-COLUMNS = ["knob", "value", "nme", "fr", "auc", "threshold", "n_images"]
+COLUMNS = ["knob", "value", "nme", "nme_se", "fr", "auc", "threshold", "n_images"]
 
 
 def sweep_variants(params: Params) -> dict[str, tuple[str, dict, str, float]]:
@@ -41,8 +41,8 @@ def sweep_variants(params: Params) -> dict[str, tuple[str, dict, str, float]]:
 def decoder_sweep(
     params: Params, heatmaps: str | Path, *, input_size: int, flip_index: list[int] | None
 ) -> pd.DataFrame:
-    """Summary per swept value: knob, value, nme, fr, auc (fractions, at ``evaluate.fr_threshold``),
-    threshold, n_images.
+    """Summary per swept value: knob, value, nme, nme_se (its standard error over faces), fr, auc (fractions,
+    at ``evaluate.fr_threshold``), threshold, n_images.
 
     ``heatmaps``: a ``heatmaps.npz`` saved by ``popos evaluate`` (``[N, K, h, h]`` float16, with its
     ground truth); ``input_size``: the model's input side (input px = heatmap px x stride);
@@ -60,6 +60,7 @@ def decoder_sweep(
         params.decode.sigma,
     )
     summary = summarize_table(per_image, params.evaluate.fr_threshold)
+    summary["nme_se"] = per_image.groupby("method", sort=False)["nme"].sem().loc[summary["method"]].to_numpy()
     summary["knob"] = [variants[name][2] for name in summary["method"]]
     summary["value"] = [variants[name][3] for name in summary["method"]]
     return summary[COLUMNS]

@@ -17,7 +17,7 @@ def test_bench_decoders_table_and_csv(tmp_path, capsys):
     assert len(table) == 2 * len(VARIANTS)
     assert set(table.method) == set(VARIANTS)
     assert (table.device == "cpu").all() and (table.batch == 2).all()
-    assert (table.ms > 0).all()
+    assert (table.ms > 0).all() and (table.ms_q1 <= table.ms).all() and (table.ms <= table.ms_q3).all()
     np.testing.assert_allclose(table.faces_per_s, 2 / table.ms * 1000)
     for size, part in table.groupby("heatmap_size"):
         reference = part.set_index("method").ms["one_hot"]

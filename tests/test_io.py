@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from popos.io import atomic_path, write_csv_atomic, write_text_atomic
+from popos.io import atomic_dir, atomic_path, write_csv_atomic, write_text_atomic
 
 
 def test_success_replaces_and_leaves_no_temp(tmp_path):
@@ -40,3 +40,19 @@ def test_copy_file_is_independent_of_its_source(tmp_path):
     with open(dst, "r+b") as f:  # an in-place write to the copy leaves the source as it was
         f.write(b"changed")
     assert src.read_bytes()[:7] == bytes(range(7))
+
+
+def test_atomic_dir_replaces_the_folder_only_when_complete(tmp_path):
+    target = tmp_path / "report"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("first")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert (target / "a.txt").read_text() == "first"
+    with atomic_dir(target) as tmp:
+        (tmp / "b.txt").write_text("second")
+    assert [p.name for p in target.iterdir()] == ["b.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no temporary or old folder left
+    assert target.stat().st_mode & 0o777 == 0o755

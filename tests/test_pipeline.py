@@ -165,7 +165,7 @@ def test_dry_run_of_the_demo_and_code_inputs(project):
     for module in ("popos/train.py", "popos/models/hrnet.py", "popos/data/dataset.py", "popos/anchors.py"):
         assert module in train_inputs
     assert "popos/decoders" not in train_inputs  # the weights do not depend on them (tests/test_train_inputs.py)
-    assert "popos/report.py" not in train_inputs and "popos/oracle.py" not in train_inputs
+    assert "popos/report/__init__.py" not in train_inputs and "popos/oracle.py" not in train_inputs
     report_inputs = blocks["report"].split("input:", 1)[1].splitlines()[0]
     assert "popos/paper_numbers.py" in report_inputs and "popos/train.py" not in report_inputs
     for size in p.grid.heatmap_sizes:  # predictions are read only where Figure 6 draws them
@@ -231,7 +231,7 @@ def test_dvc_repro_then_a_decoder_knob_reruns_only_evaluation(project):
     report = project / "results/report"
     metrics = json.loads((report / "metrics.json").read_text())
     assert set(metrics["nme"]["synth"]["mse_ma"]) == {"one_hot", "igno", "popos"}
-    assert (report / "fig6_synth.png").stat().st_size > 0
+    assert (report / "fig6_synth.jpg").stat().st_size > 0
     assert "up to date" in run([str(BIN / "dvc"), "status"], project, env)
 
     again = run([str(BIN / "dvc"), "repro"], project, env)

@@ -1,198 +1,268 @@
-"""The report on small hand-made evaluation tables: every table and figure, the paper's numbers beside ours,
-only the current params' runs, clear errors for missing inputs, atomic output."""
+"""The report on a generated results tree at the paper's scale (tests/paper_scale.py: params.yaml's 5 datasets,
+55 runs, unlabelled COCO-WholeBody points): every file, the headline, the paper's numbers beside the authors'
+decoder and only for the paper's loss, one Table 2 convention, masked overlays with the evaluation's NME, the
+face check, clear errors for missing inputs, atomic output."""
 
 import json
+import shutil
 
+import matplotlib.collections
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from paper_scale import write_paper_scale
 
+import popos.report
 from popos import paper_numbers as paper
-from popos.config import load_params
-from popos.data.prepared import PreparedWriter
-from popos.data.registry import DATASETS
-from popos.geometry import crop_affine
-from popos.layout import Layout, Run, grid_runs, ma_sweep_runs
-from popos.report import ABLATION_STEPS, build_report, required_inputs
+from popos.layout import Run
+from popos.report import build_report, inputs, required_inputs, tables
+from popos.report.figures.overlays import overlay_faces, overlay_figure, overlay_methods
+from popos.report.style import DECODER_COLORS, datasets
 
-OVERRIDES = [
-    "grid.datasets=[synth, cofw]",
-    "grid.heatmap_sizes=[32, 8, 4]",
-    "decode.methods=[one_hot, keyposs, igno, popos]",
-    "sweeps.dataset=cofw",
-    "sweeps.heatmap_size=8",
-    "sweeps.region=[1, 2]",
-    "sweeps.samples_per_pixel=[2, 4, 8]",
-    "sweeps.anchors=[5, 10]",
-    "sweeps.ma_weight=[0, 3, 6]",
-    "report.overlay_faces=2",
-    "report.overlay_sizes=[8, 4]",
-    "bench.heatmap_sizes=[64, 8]",
-]
-N_FACES = 6
+FACES = 12  # per test split: enough for every table and figure, small enough to stay fast
 
 
-def _nme(run: Run, method: str) -> float:
-    """A made-up NME (fraction) that grows as the heatmap shrinks and differs per method and loss."""
-    base = {"one_hot": 0.05, "keyposs": 0.04, "igno": 0.035, "popos": 0.03}[method]
-    return base * 32 / run.heatmap_size ** 0.5 / 5.6 * (0.8 if run.loss == "mse_ma" else 1.0) * (
-        1 + 0.01 * (run.ma_weight or 0)
-    )
-
-
-def _write_split(root, dataset: str, rng) -> np.ndarray:
-    """A prepared test split of N_FACES smooth made-up faces; returns their landmarks [N, K, 2] image px."""
-    spec = DATASETS[dataset]
-    size, k = 64, spec.num_landmarks
-    shade = np.linspace(60, 200, size)[None, :, None] * np.ones((size, 1, 3))
-    folder = root / dataset / spec.test_split
-    landmarks = rng.uniform(30, 70, (N_FACES, k, 2))
-    with PreparedWriter(folder, dataset, spec.test_split, num_landmarks=k, crop_size=size) as w:
-        for i in range(N_FACES):
-            m = crop_affine([50, 50], 1.5 * 1.25 * 40, size)
-            w.add(image=f"{i}.png", crop=shade, landmarks=landmarks[i], visible=np.ones(k, bool),
-                  box=[30, 30, 40, 40], norm=30.0, crop_affine=m)
-    return landmarks
-
-
-def _write_eval(layout: Layout, run: Run, methods: list[str], gt: np.ndarray, rng) -> None:
-    folder = layout.eval_dir(run)
-    folder.mkdir(parents=True)
-    per_image = pd.DataFrame([
-        {"index": i, "image": f"{i}.png", "method": m, "nme": _nme(run, m) * (1 + 0.2 * (i - 2.5) / 2.5)}
-        for m in methods for i in range(N_FACES)
-    ])
-    per_image.to_csv(folder / "per_image.csv", index=False)
-    summary = per_image.groupby("method", sort=False)["nme"].mean().reset_index()
-    summary = summary.assign(fr=0.0, auc=0.5, threshold=0.1, n_images=N_FACES)
-    summary.to_csv(folder / "summary.csv", index=False)
-    preds = {m: gt + rng.normal(0, 30 * _nme(run, m), gt.shape) for m in methods}
-    np.savez(folder / "predictions.npz", gt=gt, **preds)
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The paper-scale tree (Figure 6 with one face per size, to stay fast) and its report."""
+    root = tmp_path_factory.mktemp("paper_scale")
+    params, layout = write_paper_scale(root, faces=FACES)
+    params = params.model_copy(update={"report": params.report.model_copy(update={"overlay_faces": 1})})
+    report = build_report(params, layout.root, layout.report_dir)
+    return params, layout, report
 
 
 @pytest.fixture
-def project(tmp_path):
-    """Hand-made results for OVERRIDES' params (plus a stale run that must not be read)."""
-    rng = np.random.default_rng(0)
-    prepared = tmp_path / "prepared"
-    params = load_params(overrides=[*OVERRIDES, f"data.prepared_dir={prepared}"])
-    layout = Layout(tmp_path / "results")
-    methods = params.decode.methods
-    gt = {d: _write_split(prepared, d, rng) for d in params.grid.datasets}
-    runs = grid_runs(params) + list(ma_sweep_runs(params).values()) + [Run("cofw", 16, "mse")]  # 16: stale
-    for run in dict.fromkeys(runs):
-        _write_eval(layout, run, methods, gt[run.dataset], rng)
-    layout.model_info.write_text("heatmap_size,params_m,gflops\n64,9.66,4.72\n32,9.66,1.21\n8,9.5,0.1\n4,9.4,0.05\n")
-    layout.bench("cpu").parent.mkdir()
-    pd.DataFrame([
-        {"device": "cpu", "heatmap_size": s, "method": m, "batch": 32, "ms": ms * s / 8, "faces_per_s": 32e3 / ms}
-        for s in (64, 8) for m, ms in {"one_hot": 1.0, "keyposs": 9.0, "igno": 300.0, "popos": 2.0}.items()
-    ]).assign(ratio_to_one_hot=lambda t: t.ms / t.groupby("heatmap_size").ms.transform("first")).to_csv(
-        layout.bench("cpu"), index=False)
-    layout.oracle("synth").parent.mkdir()
-    for dataset in params.grid.datasets:
-        pd.DataFrame([
-            {"condition": c, "heatmap_size": s, "method": m, "mean_px": 0.1 * s, "median_px": 0.05 * s, "max_px": s}
-            for c in ("clean", "noise") for s in params.grid.heatmap_sizes for m in methods
-        ]).to_csv(layout.oracle(dataset), index=False)
-    layout.decoder_sweep.parent.mkdir()
-    pd.DataFrame([
-        {"knob": k, "value": float(v), "nme": 0.03 + 0.001 * v, "fr": 0.0, "auc": 0.6, "threshold": 0.1, "n_images": 6}
-        for k in ("region", "samples_per_pixel", "anchors") for v in getattr(params.sweeps, k)
-    ]).to_csv(layout.decoder_sweep, index=False)
-    return params, layout
+def tree(built, tmp_path):
+    """A copy of the built tree that a test may damage."""
+    params, layout, _ = built
+    root = tmp_path / "copy"
+    shutil.copytree(layout.root.parent, root)
+    params = params.model_copy(update={
+        "data": params.data.model_copy(update={"prepared_dir": str(root / "prepared")}),
+        "grid": params.grid.model_copy(update={"results_dir": str(root / "results")}),
+    })
+    return params, type(layout)(root / "results")
 
 
-def test_every_table_and_figure(project):
-    params, layout = project
-    report = build_report(params, layout.root, layout.report_dir)
+def test_paper_scale_tree_is_the_default_grid(built):
+    params, layout, _ = built
+    assert params.grid.datasets == ["wflw", "300w", "cofw", "aflw", "cocowb_face"]
+    assert len(inputs.report_runs(params)) == 55
+    assert all(f.is_file() for f in required_inputs(params, layout))
+
+
+def test_every_table_and_figure(built):
+    params, layout, report = built
     out = layout.report_dir
     assert report == out / "report.md"
-    expected = {"report.md", "metrics.json", "table1.csv", "per_resolution.csv", "decoder_speed.csv", "ablation.csv",
-                "sweeps.csv", "oracle.csv", "fig3_radar.png", "fig4_ablation.png", "fig5_sweeps.png", "ced.png",
-                "fig6_synth.png", "fig6_cofw.png"} | {f"fig5_{k}.csv" for k in ("region", "samples_per_pixel",
-                                                                                 "anchors", "ma_weight")}
-    assert {p.name for p in out.iterdir()} == expected
-    for png in out.glob("*.png"):
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-
+    figures = {"fig3_radar.png", "fig4_ablation.png", "fig5_sweeps.png", "ced.png", "speed.png", "nme_grid.png"}
+    figures |= {f"fig6_{d}.jpg" for d in params.grid.datasets}
+    csvs = {f"{t}.csv" for t in ("headline", "table1", "per_resolution", "decoder_speed", "ablation", "sweeps",
+                                 "oracle")} | {f"fig5_{k}.csv" for k in ("region", "samples_per_pixel", "anchors",
+                                                                          "ma_weight")}
+    assert {p.name for p in out.iterdir()} == figures | csvs | {"report.md", "metrics.json"}
+    md = report.read_text()
+    for name in figures:
+        magic = b"\x89PNG\r\n\x1a\n" if name.endswith(".png") else b"\xff\xd8\xff"
+        data = (out / name).read_bytes()
+        assert data.startswith(magic) and 20_000 < len(data) < 1_500_000, name
+        assert f"]({name})" in md
+    # Figure 6 in the report's dataset order (the paper's first), not alphabetical
+    positions = [md.index(f"(fig6_{d}.jpg)") for d in datasets(params)]
+    assert positions == sorted(positions)
     per_res = pd.read_csv(out / "per_resolution.csv")
-    assert len(per_res) == 2 * 2 * 4 * 3  # datasets x losses x decoders x sizes; the stale 16 is not read
-    assert set(per_res.heatmap_size) == {32, 8, 4}
+    assert len(per_res) == 5 * 2 * 7 * 5
+    metrics = json.loads((out / "metrics.json").read_text())
     row = per_res[(per_res.dataset == "cofw") & (per_res.loss == "mse_ma") & (per_res.method == "popos")
                   & (per_res.heatmap_size == 8)].iloc[0]
-    assert row.nme == pytest.approx(100 * _nme(Run("cofw", 8, "mse_ma"), "popos"))
-    assert row.paper_nme == paper.per_resolution_nme("cofw", "popos", 8) == 7.36
-    assert per_res[per_res.dataset == "synth"].paper_nme.isna().all()
-
-    t1 = pd.read_csv(out / "table1.csv")
-    assert t1[["heatmap_size", "source"]].values.tolist() == [[32, "ours"], [32, "paper"]]
-    assert t1.loc[1, "cofw"] == paper.TABLE1_NME[32]["cofw"] and np.isnan(t1.loc[1, "synth"])
-    assert t1.loc[0, "params_m"] == 9.66 and t1.loc[1, "gflops"] == paper.TABLE1_GFLOPS[32]
-
-    speed = pd.read_csv(out / "decoder_speed.csv")
-    at64 = speed[speed.heatmap_size == 64].set_index("method")
-    assert at64.loc["popos", "paper_fps"] == paper.TABLE2_FPS["popos"]
-    assert speed[speed.heatmap_size == 8].paper_fps.isna().all()
-    assert at64.loc["popos", "ms_per_face"] == pytest.approx(at64.loc["popos", "ms"] / 32)
-
-    ablation = pd.read_csv(out / "ablation.csv")
-    assert set(ablation.step) == {s for s, _, _ in ABLATION_STEPS}
-    assert len(ablation) == 5 * 2 * 3
-
-    sweeps = pd.read_csv(out / "sweeps.csv")
-    assert sweeps.groupby("knob").size().to_dict() == {"region": 2, "samples_per_pixel": 3, "anchors": 2,
-                                                       "ma_weight": 3}
-    ma = sweeps[sweeps.knob == "ma_weight"].set_index("value").nme
-    assert ma[0.0] == pytest.approx(100 * _nme(Run("cofw", 8, "mse"), "popos"))
-    assert ma[3.0] == pytest.approx(100 * _nme(Run("cofw", 8, "mse_ma", 3.0), "popos"))
-    assert ma[6.0] == pytest.approx(100 * _nme(Run("cofw", 8, "mse_ma"), "popos"))
-    assert pd.read_csv(out / "fig5_ma_weight.csv").columns.tolist() == ["value", "nme"]
-
-    metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["nme"]["cofw"]["mse_ma"]["popos"]["8"] == pytest.approx(row.nme, abs=1e-4)
-    assert set(metrics["nme"]["synth"]["mse"]["one_hot"]) == {"32", "8", "4"}
+    assert set(metrics["ma_weight_nme"]) == {f"{w:g}" for w in params.sweeps.ma_weight}
 
+
+def test_headline_comes_first_with_a_verdict_per_dataset(built):
+    params, layout, report = built
     md = report.read_text()
-    assert md.startswith(f"# {params.report.title}")
-    assert "7.36)" in md and "| POPoS 32x32 (paper) |" in md  # paper values beside ours
-    for png in expected:
-        if png.endswith(".png"):
-            assert f"]({png})" in md
-    assert len(pd.read_csv(out / "oracle.csv")) == 2 * 2 * 3 * 4
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert sections[0] == "## Headline: POPoS against the paper" and sections[1].startswith("## Table 1")
+    assert sections[-1] == "## Appendix" and md.index("### B. Decoding without a model") > md.index("## Appendix")
+    head = pd.read_csv(layout.report_dir / "headline.csv")
+    per_res = pd.read_csv(layout.report_dir / "per_resolution.csv").set_index(["dataset", "loss", "method",
+                                                                               "heatmap_size"]).sort_index()
+    assert list(dict.fromkeys(head.dataset)) == ["wflw", "300w", "aflw", "cofw", "cocowb_face"]
+    assert head.groupby("dataset", sort=False).heatmap_size.apply(list).iloc[0] == [8, 4, 64, 32, 16]
+    for r in head.itertuples():
+        assert r.authors == pytest.approx(per_res.loc[(r.dataset, "mse_ma", "popos_authors", r.heatmap_size), "nme"])
+        assert r.ours == pytest.approx(per_res.loc[(r.dataset, "mse_ma", "popos", r.heatmap_size), "nme"])
+        assert r.paper == paper.per_resolution_nme(r.dataset, "popos_authors", r.heatmap_size)
+        assert r.ours_vs_authors == pytest.approx(r.ours - r.authors)
+        assert r.authors_vs_paper == pytest.approx(r.authors - r.paper)
+        others = per_res.loc[r.dataset, "mse_ma"].xs(r.heatmap_size, level="heatmap_size").drop(
+            ["popos", "popos_authors"])
+        assert r.best_other == others.nme.idxmin()
+    headline = md[md.index("## Headline"):md.index("## Table 1")]
+    for d in datasets(params):
+        label = paper.DATASET_LABELS[d]
+        verdict = next(line for line in headline.splitlines() if line.startswith(f"- **{label}**"))
+        assert "reproduced within 10 %" in verdict and "8x8" in verdict and "4x4" in verdict
+    assert "Checked: every model's predictions cover exactly the faces" in headline
 
 
-def test_missing_inputs_are_listed(project):
-    params, layout = project
-    (layout.eval_dir(Run("synth", 4, "mse")) / "summary.csv").unlink()
+def test_verdict_says_not_reproduced_and_which_loss(built):
+    params, layout, _ = built
+    summary = inputs.load_summaries(params, layout, inputs.grid_runs(params))
+    worse = summary.assign(nme=np.where((summary.method == "popos_authors") & (summary.heatmap_size == 4),
+                                        summary.nme * 1.5, summary.nme))
+    head = tables.headline(params, worse)
+    line = popos.report.markdown.verdict(params, head[head.dataset == "300w"])
+    assert "NOT reproduced within 10 % at 4x4 +" in line
+    mse = params.model_copy(update={"report": params.report.model_copy(update={"main_loss": "mse"})})
+    assert tables.headline(mse, summary).paper.isna().all()  # the paper trained with MA: nothing beside MSE
+
+
+def test_paper_numbers_beside_the_authors_decoder_of_the_papers_loss_only(built):
+    params, layout, report = built
+    per_res = pd.read_csv(layout.report_dir / "per_resolution.csv")
+    assert per_res[per_res.loss == "mse"].paper_nme.isna().all()
+    assert per_res[per_res.method == "popos"].paper_nme.isna().all()
+    authors = per_res[(per_res.loss == "mse_ma") & (per_res.method == "popos_authors")]
+    assert authors.paper_nme.tolist() == [paper.per_resolution_nme(d, "popos_authors", s)
+                                          for d, s in zip(authors.dataset, authors.heatmap_size, strict=True)]
+    md = report.read_text()
+    assert "MSE models (the paper has no numbers for this loss)" in md
+    cell = authors[(authors.dataset == "300w") & (authors.heatmap_size == 4)].iloc[0]
+    assert f"{cell.nme:.2f} (9.96)" in md
+
+    t1 = pd.read_csv(layout.report_dir / "table1.csv")
+    assert t1.columns.tolist() == ["heatmap_size", "source", "wflw", "300w", "aflw", "cofw", "cocowb_face", "params_m",
+                                   "gflops"]
+    assert t1[["heatmap_size", "source"]].values.tolist() == [[s, x] for s in (64, 32)
+                                                             for x in ("paper", "popos_authors", "popos")]
+    assert t1.loc[3, "cofw"] == paper.TABLE1_NME[32]["cofw"] and np.isnan(t1.loc[3, "cocowb_face"])
+    ours = t1.loc[5, "aflw"]
+    diffs = f"({ours - t1.loc[4, 'aflw']:+.2f} vs authors', {ours - t1.loc[3, 'aflw']:+.2f} vs paper)"
+    assert f"{ours:.2f} {diffs}" in md.replace("**", "")
+
+
+def test_best_values_are_bold(built):
+    params, layout, report = built
+    md = report.read_text()
+    per_res = pd.read_csv(layout.report_dir / "per_resolution.csv")
+    for _, cell in per_res.groupby(["dataset", "loss", "heatmap_size"]):
+        assert f"**{cell.nme.min():.2f}**" in md
+    speed = pd.read_csv(layout.report_dir / "decoder_speed.csv")
+    assert f"**{speed.faces_per_s.max():,.0f}**" in md
+
+
+def test_table2_one_convention_stated_in_the_header(built):
+    params, layout, report = built
+    speed = pd.read_csv(layout.report_dir / "decoder_speed.csv")
+    bench = pd.read_csv(layout.bench("cpu"))
+    np.testing.assert_allclose(speed.time_vs_one_hot, bench.ratio_to_one_hot)
+    at64 = speed[speed.heatmap_size == paper.TABLE2_HEATMAP_SIZE].set_index("method")
+    expected = paper.TABLE2_MS["popos_authors"] / paper.TABLE2_MS["one_hot"]
+    assert at64.loc["popos_authors", "paper_time_vs_one_hot"] == pytest.approx(expected)
+    assert np.isnan(at64.loc["popos", "paper_time_vs_one_hot"])  # the paper timed the authors' decoder
+    assert (at64.drop(index="one_hot").time_vs_one_hot > 1).all()  # slower than one-hot: above 1, as the paper's
+    assert (at64.drop(index="one_hot").paper_time_vs_one_hot.dropna() > 1).all()
+    md = report.read_text()
+    assert "time vs one-hot (ours)" in md and "time vs one-hot (paper)" in md
+    assert "divided by one-hot's time, for ours and the paper's alike" in md
+
+
+def test_overlays_mask_unlabelled_points_and_show_the_evaluations_nme(built):
+    params, layout, _ = built
+    dataset = "cocowb_face"
+    per_image = inputs.load_per_image(params, layout, inputs.grid_runs(params))
+    fig = overlay_figure(params, layout, dataset, per_image)
+    split = np.load(inputs.test_split_dir(params, dataset) / "annotations.npz")
+    face = overlay_faces(len(split["image"]), params.report.overlay_faces)[0]
+    visible = split["visible"][face]
+    assert not visible.all()  # the generator leaves some points unlabelled, stored at (0, 0)
+    crop_origin = split["crop_affine"][face][:, 2]  # where image (0, 0) lands in the crop
+    methods = overlay_methods(params)
+    assert methods == ["one_hot", "two_hot", "dark", "keyposs", "popos_authors", "popos"]
+    panels = [ax for block in fig.subfigs for ax in block.axes]
+    assert len(panels) == len(methods) * len(params.report.overlay_sizes)
+    for ax, (size, method) in zip(panels, [(s, m) for s in params.report.overlay_sizes for m in methods], strict=True):
+        lines = [c for c in ax.collections if isinstance(c, matplotlib.collections.LineCollection)]
+        segments = np.concatenate([np.asarray(s) for s in lines[0].get_segments()])
+        assert len(lines[0].get_segments()) == visible.sum()
+        assert not np.isclose(segments, crop_origin, atol=1e-3).all(axis=1).any()
+        nme = per_image[(per_image.run == Run(dataset, size, "mse_ma").name) & (per_image.method == method)
+                        & (per_image["index"] == face)].nme.iloc[0]
+        assert [t.get_text() for t in ax.texts] == [f"{100 * nme:.1f}%"]
+
+
+def test_face_check_names_runs_evaluated_on_other_faces(built):
+    params, layout, _ = built
+    per_image = inputs.load_per_image(params, layout, inputs.report_runs(params))
+    assert inputs.check_faces(params, per_image) == []
+    run = Run("cofw", 4, "mse")
+    renamed = per_image.copy()
+    renamed.loc[(renamed.run == run.name) & (renamed["index"] == 3), "image"] = "cofw/other.jpg"
+    dropped = per_image[~((per_image.run == "aflw_8_mse_ma") & (per_image["index"] == 0))]
+    problems = inputs.check_faces(params, renamed) + inputs.check_faces(params, dropped)
+    assert len(problems) == 2
+    assert problems[0].startswith("cofw_4_mse: face 3 is 'cofw/other.jpg', the split's is 'cofw/00003.jpg'")
+    assert problems[1].startswith(f"aflw_8_mse_ma (one_hot): {FACES - 1} faces, the split has {FACES}")
+
+
+def test_the_report_names_commit_torch_and_device(built):
+    _, _, report = built
+    first = report.read_text().split("\n\n")[1]
+    assert f"torch {torch.__version__}" in first and "on CPU " in first and "GPU " in first
+    commit = first.split("commit `")[1].split("`")[0]
+    assert len(commit.split()[0]) == 40 or commit.startswith("unknown")
+
+
+def test_one_colour_per_decoder():
+    from popos.decoders import VARIANTS
+
+    assert set(DECODER_COLORS) == set(VARIANTS)
+    assert len(set(DECODER_COLORS.values())) == len(DECODER_COLORS)
+
+
+def test_missing_inputs_are_listed(tree):
+    params, layout = tree
+    (layout.eval_dir(Run("aflw", 4, "mse")) / "summary.csv").unlink()
     layout.decoder_sweep.unlink()
     with pytest.raises(FileNotFoundError, match="2 missing") as err:
-        build_report(params, layout.root, layout.report_dir)
-    assert "synth_4_mse/summary.csv" in str(err.value) and "decoders.csv" in str(err.value)
-    assert not layout.report_dir.exists()
+        build_report(params, layout.root, layout.root / "new_report")
+    assert "aflw_4_mse/summary.csv" in str(err.value) and "decoders.csv" in str(err.value)
+    assert not (layout.root / "new_report").exists()
 
 
-def test_required_inputs_follow_params(project):
-    params, layout = project
+def test_required_inputs_follow_params(built):
+    params, layout, _ = built
     files = {str(p.relative_to(layout.root)) for p in required_inputs(params, layout) if layout.root in p.parents}
-    assert "eval/cofw_8_mse_ma_w3/summary.csv" in files  # the MA sweep's own run
-    assert not any("cofw_16" in f for f in files)
+    assert "eval/300w_32_mse_ma_w2/per_image.csv" in files  # the MA sweep's own run
     assert "eval/cofw_8_mse_ma/predictions.npz" in files and "eval/cofw_32_mse_ma/predictions.npz" not in files
+    fewer = params.model_copy(update={"grid": params.grid.model_copy(update={"heatmap_sizes": [64, 32]})})
+    assert not any("_8_" in str(p) for p in required_inputs(fewer, layout))
 
 
-def test_failed_build_keeps_the_previous_report(project):
-    params, layout = project
-    build_report(params, layout.root, layout.report_dir)
+def test_failed_build_keeps_the_previous_report(tree, monkeypatch):
+    params, layout = tree
     before = {p.name: p.read_bytes() for p in layout.report_dir.iterdir()}
-    (layout.eval_dir(Run("cofw", 4, "mse_ma")) / "predictions.npz").write_bytes(b"not a zip")
-    with pytest.raises(ValueError):
+
+    def broken(*_):
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(popos.report, "radar_figure", broken)
+    with pytest.raises(RuntimeError, match="drawing failed"):
         build_report(params, layout.root, layout.report_dir)
     assert {p.name: p.read_bytes() for p in layout.report_dir.iterdir()} == before
     assert [p.name for p in layout.root.iterdir() if p.name.startswith(".")] == []
 
 
-def test_stale_decoder_sweep_is_refused(project):
-    params, layout = project
-    params = params.model_copy(update={"sweeps": params.sweeps.model_copy(update={"anchors": [5, 10, 20]})})
+def test_stale_inputs_are_refused(tree):
+    params, layout = tree
+    more = params.model_copy(update={"sweeps": params.sweeps.model_copy(update={"anchors": [5, 10, 20]})})
     with pytest.raises(ValueError, match="anchors"):
+        build_report(more, layout.root, layout.report_dir)
+    bench = pd.read_csv(layout.bench("cpu")).drop(columns=["ms_q1"])
+    bench.to_csv(layout.bench("cpu"), index=False)
+    with pytest.raises(ValueError, match=r"decoders_cpu.csv: no column\(s\) \['ms_q1'\]"):
         build_report(params, layout.root, layout.report_dir)

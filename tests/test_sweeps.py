@@ -46,8 +46,9 @@ def test_each_row_is_the_variant_decoded_directly(heatmaps):
     for row in table.itertuples():
         option = {"samples_per_pixel": row.value, "region": row.value, "anchors": int(row.value)}[row.knob]
         pred = decode(maps, "popos", sigma=params.decode.sigma, refine=0, **{row.knob: option}).numpy()
-        nme = (np.linalg.norm(pred * (INPUT / SIZE) - gt, axis=-1).mean(-1) / 10.0).mean()
-        assert row.nme == pytest.approx(nme, rel=1e-5), row
+        per_face = np.linalg.norm(pred * (INPUT / SIZE) - gt, axis=-1).mean(-1) / 10.0
+        assert row.nme == pytest.approx(per_face.mean(), rel=1e-5), row
+        assert row.nme_se == pytest.approx(per_face.std(ddof=1) / np.sqrt(N), rel=1e-4), row
 
 
 def test_cli_writes_the_csv(heatmaps, tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-# The report: tables and figures of the current params' runs only (popos.report.required_inputs).
+# The report: tables and figures of the current params' runs only (popos.report.inputs.required_inputs).
 
 from popos.report import required_inputs
 
