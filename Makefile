@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: test lint install clean demo
+.PHONY: test lint install clean demo results
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ demo: $(STAMP)
 	$(BIN)/snakemake --cores all --resources gpu=$(DEMO_JOBS) --configfile $(DEMO_CONFIG) --quiet rules
 	@$(BIN)/python -c 'from popos.config import load_params; \
 	p = load_params("params.yaml", "$(DEMO_CONFIG)"); print(f"report: {p.grid.results_dir}/report/report.md")'
+
+# The measured tables the README links to (results/*.md): model cost, CPU decoder speed, the oracle, and a
+# copy of the demo's report when `make demo` has run.
+results: $(STAMP)
+	scripts/refresh-results.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
