@@ -16,13 +16,13 @@ maximum-likelihood form (the range equations mapped back through the Gaussian ar
   centre and covariance; the start, a weighted least-squares fit of ``ln h`` around the argmax, is
   already exact on any clean Gaussian, a few Gauss-Newton steps make it the maximum-likelihood fit;
 * **model selection**: ``sigma`` is the prior. Every window is fitted with the width given (3
-  parameters: amplitude and position), with a free covariance (6) and with a free covariance on a
-  baseline (7); a larger model is taken only where it lowers the residual sum of squares by more than
-  ``shape_test`` times what its extra parameters would remove from noise (an F test), so under noise
-  on peaks of the assumed width the decoder keeps the prior's accuracy;
+  parameters: amplitude and position) and with a free covariance on a baseline (7); the larger model is
+  taken only where it lowers the residual sum of squares by more than ``shape_test`` times what its 4
+  extra parameters would remove from noise (an F test), so under noise on peaks of the assumed width the
+  decoder keeps the prior's accuracy;
 * **a second peak**: where the residuals of the whole window exceed, by the same kind of F test
-  (``window_test``), those of a fit to the pixels within 2 px (then 1 px) of the argmax, the smaller
-  fit is kept: a second peak lends its mass to the whole window, not to the pixels at the argmax;
+  (``window_test``), those of a free-shape fit to the 5 x 5 (then 3 x 3) pixels around the argmax, the
+  smaller fit is kept: a second peak lends its mass to the whole window, not to the pixels at the argmax;
 * **the border-line test** (:mod:`popos.decoders.border_line`): a map-border row or column that
   disagrees with the rest (a flip test's copied column) is left out of every fit;
 * **the whole float32 range**: the window is divided by its maximum before fitting.
@@ -54,9 +54,10 @@ from popos.decoders.likelihood import PeakWindow
 
 #: side of the window around the argmax that our decoder fits, heatmap px
 WINDOW = 9
-#: the fits: (model of :data:`~popos.decoders.gaussian_fit.MODELS`, Chebyshev radius around the argmax in
-#: heatmap px, ``None``: the whole window), in the order the selection reads them
-FITS = (("width", None), ("shape", None), ("baseline", None), ("shape", 2), ("shape", 1))
+#: the models fitted to the whole window, in the order the selection reads them (each nests the one before)
+MODELS = ("width", "baseline")
+#: the smaller windows fitted with a free shape beside a second peak, largest first (sides, heatmap px)
+NEAR_WINDOWS = (5, 3)
 #: pixels of the start fit: within this Chebyshev radius of the argmax (the 5 x 5 around it)
 START_RADIUS = 2
 
@@ -71,9 +72,58 @@ def default_anchors(heatmap_size: int) -> int:
     return side * side
 
 
-def _select(cost: Tensor, dof: Tensor, pixels: Tensor, shape_test: float, window_test: float) -> Tensor:
-    """Index into :data:`FITS` of the fit kept per map, ``[B]`` int64, from the fits' residual sums of squares
-    ``cost``, parameter counts ``dof`` and pixel counts ``pixels``, all ``[len(FITS), B]``.
+class _Fits:
+    """Fits of several models to the ``side x side`` window around each argmax (only its pixels within
+    Chebyshev ``radius`` of the argmax, if given): per fit ``[R, B]`` of the centre (heatmap px, ``[R, B,
+    2]``), the residual sum of squares (``inf`` where the fit is not a peak), the number of parameters and
+    of pixels used."""
+
+    def __init__(
+        self,
+        maps: Tensor,
+        x: Tensor,
+        y: Tensor,
+        side: int,
+        models: tuple[str, ...],
+        *,
+        top: Tensor,
+        line: Tensor,
+        sigma: float,
+        iterations: int,
+        start_radius: int,
+        radius: int | None = None,
+    ):
+        n, height, width = maps.shape
+        raw, x0, y0 = window_around(maps, x, y, side)
+        values = (raw / top[:, None, None]).flatten(1)  # peak 1: the fit sees every amplitude alike
+        mono = gaussian_fit.Monomials(side, side, maps.device)
+        col, row = x0[:, None] + (mono.u + side // 2).long(), y0[:, None] + (mono.v + side // 2).long()  # [B, P]
+        near = ((col - x[:, None]).abs() <= start_radius) & ((row - y[:, None]).abs() <= start_radius)
+        start_weight = torch.where(near & (values > 0), values * values, 0.0)
+        line = line[:, None]  # the map-border line the border-line test left out: not used by any fit
+        used = ~(((line == 0) & (col == 0)) | ((line == 1) & (col == width - 1))
+                 | ((line == 2) & (row == 0)) | ((line == 3) & (row == height - 1)))  # fmt: skip
+        if radius is not None:  # a window shifted at the map's border holds pixels beyond that radius
+            used &= torch.maximum((col - x[:, None]).abs(), (row - y[:, None]).abs()) <= radius
+        used = used.float()
+        r = len(models)
+        free = torch.stack([gaussian_fit.free_mask(m, maps.device) for m in models]).repeat_interleave(n, 0)
+        prior = torch.tensor([0, 0, 0, -0.5 / sigma**2, 0, -0.5 / sigma**2, 0.0], device=maps.device)
+        many, used = values.repeat(r, 1), used.repeat(r, 1)
+        c = gaussian_fit.log_quadratic_start(many, (start_weight * used[:n]).repeat(r, 1), prior.expand(r * n, 7),
+                                             free, mono)  # fmt: skip
+        c, cost = gaussian_fit.gauss_newton_fit(many, used, c, free, mono, iterations)
+        centre, is_peak = gaussian_fit.centre_of(c)
+        self.centre = torch.stack([x0, y0], -1).float() + side // 2 + centre.view(r, n, 2)
+        self.cost = torch.where(is_peak, cost, torch.inf).view(r, n)
+        self.dof = free.sum(-1).view(r, n).float()
+        self.pixels = used.sum(-1).view(r, n)
+
+
+def _select(cost: Tensor, dof: Tensor, pixels: Tensor, whole: int, shape_test: float, window_test: float) -> Tensor:
+    """Index of the fit kept per map, ``[B]`` int64, from the fits' residual sums of squares ``cost``,
+    parameter counts ``dof`` and pixel counts ``pixels``, all ``[R, B]``: the first ``whole`` on the whole
+    window (nested models, smallest first), then those on smaller windows (largest first).
 
     First the model on the whole window: a larger one replaces the current where
     ``((cost_cur - cost_new) / extra parameters) / (cost_new / (pixels - dof_new)) > shape_test``. Then the
@@ -83,14 +133,13 @@ def _select(cost: Tensor, dof: Tensor, pixels: Tensor, shape_test: float, window
     """
     n = cost.shape[1]
     choice = torch.zeros(n, dtype=torch.long, device=cost.device)
-    whole = [i for i, (_, radius) in enumerate(FITS) if radius is None]
-    for k in whole[1:]:
+    for k in range(1, whole):
         cur, cur_dof = cost.gather(0, choice[None])[0], dof.gather(0, choice[None])[0]
         noise = cost[k] / (pixels[k] - dof[k]).clamp_min(1)
         f = (cur - cost[k]) / (dof[k] - cur_dof).clamp_min(1) / noise.clamp_min(1e-30)
         choice = torch.where(f > shape_test, k, choice)
     shrinking = torch.full((n,), math.isfinite(shape_test), device=cost.device)  # the smaller fits' shape is free
-    for k in range(len(whole), len(FITS)):
+    for k in range(whole, len(cost)):
         cur, cur_pixels = cost.gather(0, choice[None])[0], pixels.gather(0, choice[None])[0]
         left_out = cur_pixels - pixels[k]
         noise = cost[k] / (pixels[k] - dof[k]).clamp_min(1)
@@ -106,7 +155,7 @@ def popos(
     *,
     sigma: float = 2.0,
     window: int = WINDOW,
-    iterations: int = 5,
+    iterations: int = 3,
     shape_test: float = 10.0,
     window_test: float = 10.0,
     border_ratio: float = 100.0,
@@ -142,62 +191,41 @@ def popos(
     side = min(window, height, width)
     raw, x0, y0 = window_around(maps, x, y, side)
     top = raw.flatten(1).amax(1)
-    values = raw / torch.where(top > 0, top, 1.0)[:, None, None]  # peak 1: the fit sees every amplitude alike
-    mono = gaussian_fit.Monomials(side, side, maps.device)
-    # the argmax relative to the window's centre pixel, and each pixel's Chebyshev distance to it
-    ref = torch.stack([x0, y0], -1).float() + side // 2
-    peak_u, peak_v = (x - x0 - side // 2).float(), (y - y0 - side // 2).float()
-    distance = torch.maximum((mono.u - peak_u[:, None]).abs(), (mono.v - peak_v[:, None]).abs())  # [B, P]
-    flat = values.flatten(1)
-    prior = torch.tensor([0, 0, 0, -0.5 / sigma**2, 0, -0.5 / sigma**2, 0.0], device=maps.device).expand(n, 7)
-    start_weight = torch.where((distance <= START_RADIUS) & (flat > 0), flat * flat, 0.0)
-
-    used = torch.ones_like(flat)
+    top = torch.where(top > 0, top, 1.0)
+    line = torch.full_like(x, -1)
     if border_ratio > 0:
-        used = used * _border_mask(values, x0, y0, flat, start_weight, prior, mono, height, width, sigma, border_ratio)
-
-    r = len(FITS)
-    free = torch.stack([gaussian_fit.free_mask(m, maps.device) for m, _ in FITS]).repeat_interleave(n, 0)
-    fit_used = torch.cat([used if radius is None else used * (distance <= radius) for _, radius in FITS])
-    many = flat.repeat(r, 1)
-    c = gaussian_fit.log_quadratic_start(many, start_weight.repeat(r, 1) * fit_used, prior.repeat(r, 1), free, mono)
-    c, cost = gaussian_fit.gauss_newton_fit(many, fit_used, c, free, mono, iterations)
-    centre, is_peak = gaussian_fit.centre_of(c)
-    cost = torch.where(is_peak, cost, torch.inf).view(r, n)
-    dof = free.sum(-1).view(r, n).float()
-    choice = _select(cost, dof, fit_used.sum(-1).view(r, n), shape_test, window_test)
-    p = ref + centre.view(r, n, 2).gather(0, choice[None, :, None].expand(1, n, 2))[0]
-    p = clamp_to_map(p, height, width)
+        line = _border_line(raw / top[:, None, None], x, y, x0, y0, height, width, sigma, border_ratio)
+    common = dict(top=top, line=line, sigma=sigma, iterations=iterations)
+    fits = [_Fits(maps, x, y, side, MODELS, start_radius=START_RADIUS, **common)]
+    fits += [
+        _Fits(maps, x, y, s, ("shape",), start_radius=s, radius=s // 2, **common) for s in NEAR_WINDOWS if s < side
+    ]
+    cost, dof, pixels = (torch.cat([getattr(f, name) for f in fits]) for name in ("cost", "dof", "pixels"))
+    choice = _select(cost, dof, pixels, len(MODELS), shape_test, window_test)
+    centres = torch.cat([f.centre for f in fits])
+    p = clamp_to_map(centres.gather(0, choice[None, :, None].expand(1, n, 2))[0], height, width)
     return unflatten(torch.where(no_peak(raw)[:, None], torch.stack([x, y], -1).float(), p), heatmaps)
 
 
-def _border_mask(
-    values: Tensor,
-    x0: Tensor,
-    y0: Tensor,
-    flat: Tensor,
-    start_weight: Tensor,
-    prior: Tensor,
-    mono: gaussian_fit.Monomials,
-    height: int,
-    width: int,
-    sigma: float,
-    ratio: float,
+def _border_line(
+    values: Tensor, x: Tensor, y: Tensor, x0: Tensor, y0: Tensor, height: int, width: int, sigma: float, ratio: float
 ) -> Tensor:
-    """``[B, P]``: 0 on the map-border line of each window that the border-line test leaves out, 1 elsewhere.
-
-    The test (:func:`~popos.decoders.border_line.drop_border_line`) judges the lines under the fit of
-    width ``sigma``, started from the log-quadratic fit of the pixels near the argmax."""
+    """The map-border line of each window ``values [B, w, w]`` (peak 1, top-left pixel ``(x0, y0)``) that the
+    border-line test (:func:`~popos.decoders.border_line.drop_border_line`) leaves out: ``[B]`` int64, 0 / 1
+    the map's first / last column, 2 / 3 its first / last row, -1 none. The test judges the lines under the
+    fit of width ``sigma``, started from the log-quadratic fit of the pixels near the argmax ``(x, y)``."""
     n, side, _ = values.shape
+    mono = gaussian_fit.Monomials(side, side, values.device)
+    col, row = x0[:, None] + (mono.u + side // 2).long(), y0[:, None] + (mono.v + side // 2).long()
+    flat = values.flatten(1)
+    near = ((col - x[:, None]).abs() <= START_RADIUS) & ((row - y[:, None]).abs() <= START_RADIUS) & (flat > 0)
+    prior = torch.tensor([0, 0, 0, -0.5 / sigma**2, 0, -0.5 / sigma**2, 0.0], device=values.device).expand(n, 7)
     free = gaussian_fit.free_mask("width", values.device).expand(n, 7)
-    c = gaussian_fit.log_quadratic_start(flat, start_weight, prior, free, mono)
+    c = gaussian_fit.log_quadratic_start(flat, torch.where(near, flat * flat, 0.0), prior, free, mono)
     centre, _ = gaussian_fit.centre_of(c)
     amplitude = torch.exp(c[:, 0] + 0.5 * (c[:, 1] * centre[:, 0] + c[:, 2] * centre[:, 1]))
     corner = torch.stack([x0, y0], -1).float()
-    coords = (corner[:, :, None] + torch.arange(side, device=values.device)).float()
+    coords = corner[:, :, None] + torch.arange(side, device=values.device)
     theta = torch.cat([corner + side // 2 + centre, amplitude[:, None]], -1)
     _, line = drop_border_line(PeakWindow(values, coords), theta, height, width, sigma, ratio, (True, True, True))
-    col, row = mono.u + side // 2, mono.v + side // 2  # [P] pixel column and row in the window
-    on_line = torch.stack([col == 0, col == side - 1, row == 0, row == side - 1])  # [4, P]
-    dropped = on_line[line.clamp_min(0)] & (line >= 0)[:, None]
-    return (~dropped).float()
+    return line  # the window's line numbers; a line it leaves out lies on the map's border
