@@ -52,6 +52,15 @@ class Monomials:
         self.u, self.v = u, v
         self.phi = torch.stack([torch.ones_like(u), u, v, u * u, u * v, v * v], -1)
         self.outer = (self.phi[:, :, None] * self.phi[:, None, :]).reshape(-1, 36)
+        # J^T J of the 7 parameters = g^2 @ quadratic + g @ mixed + used @ baseline (J = (g phi, 1) per pixel)
+        psi = torch.cat([self.phi, torch.ones_like(u)[:, None]], -1)
+        outer7 = (psi[:, :, None] * psi[:, None, :]).reshape(-1, 7, 7)
+        block = torch.zeros(3, 7, 7, device=device)
+        block[0, :6, :6] = 1
+        block[1, :6, 6] = block[1, 6, :6] = 1
+        block[2, 6, 6] = 1
+        self.jtj_tables = [(outer7 * b).reshape(-1, 49) for b in block]
+        self.jtr_tables = (torch.cat([self.phi, torch.zeros_like(u)[:, None]], -1), torch.eye(7, device=device)[6])
 
 
 def log_quadratic_start(values: Tensor, weight: Tensor, start: Tensor, free: Tensor, mono: Monomials) -> Tensor:
@@ -80,11 +89,9 @@ def _evaluate(c: Tensor, values: Tensor, used: Tensor, mono: Monomials) -> tuple
     g = torch.exp((c[:, :6] @ mono.phi.T).clamp_max(80.0))
     r = (g + c[:, 6:] - values) * used
     gu = g * used
-    jtj_g = (gu * gu) @ mono.outer  # [B, 36]
-    jtj_gb = gu @ mono.phi  # [B, 6]
-    n = used.sum(-1, keepdim=True)
-    jtj = torch.cat([torch.cat([jtj_g.view(-1, 6, 6), jtj_gb[:, :, None]], 2), torch.cat([jtj_gb, n], 1)[:, None]], 1)
-    jtr = torch.cat([(gu * r) @ mono.phi, r.sum(-1, keepdim=True)], -1)
+    quadratic, mixed, baseline = mono.jtj_tables
+    jtj = ((gu * gu) @ quadratic + gu @ mixed + used @ baseline).view(-1, 7, 7)
+    jtr = (gu * r) @ mono.jtr_tables[0] + r.sum(-1, keepdim=True) * mono.jtr_tables[1]
     return (r * r).sum(-1), jtj, jtr
 
 

@@ -97,15 +97,20 @@ class _Fits:
         raw, x0, y0 = window_around(maps, x, y, side)
         values = (raw / top[:, None, None]).flatten(1)  # peak 1: the fit sees every amplitude alike
         mono = gaussian_fit.Monomials(side, side, maps.device)
-        col, row = x0[:, None] + (mono.u + side // 2).long(), y0[:, None] + (mono.v + side // 2).long()  # [B, P]
-        near = ((col - x[:, None]).abs() <= start_radius) & ((row - y[:, None]).abs() <= start_radius)
+        offsets = torch.arange(side, device=maps.device)
+        du = (x0 - x)[:, None] + offsets  # [B, side]: each column's and row's offset from the argmax
+        dv = (y0 - y)[:, None] + offsets
+        near_u, near_v = du.abs() <= start_radius, dv.abs() <= start_radius
+        near = (near_v[:, :, None] & near_u[:, None, :]).flatten(1)
         start_weight = torch.where(near & (values > 0), values * values, 0.0)
-        line = line[:, None]  # the map-border line the border-line test left out: not used by any fit
-        used = ~(((line == 0) & (col == 0)) | ((line == 1) & (col == width - 1))
-                 | ((line == 2) & (row == 0)) | ((line == 3) & (row == height - 1)))  # fmt: skip
+        # the map-border line the border-line test left out (a column or a row of the map) is used by no fit
+        left_out_col = torch.where(line == 0, 0, torch.where(line == 1, width - 1, -1))
+        left_out_row = torch.where(line == 2, 0, torch.where(line == 3, height - 1, -1))
+        keep_u = (x0[:, None] + offsets) != left_out_col[:, None]
+        keep_v = (y0[:, None] + offsets) != left_out_row[:, None]
         if radius is not None:  # a window shifted at the map's border holds pixels beyond that radius
-            used &= torch.maximum((col - x[:, None]).abs(), (row - y[:, None]).abs()) <= radius
-        used = used.float()
+            keep_u, keep_v = keep_u & (du.abs() <= radius), keep_v & (dv.abs() <= radius)
+        used = (keep_v[:, :, None] & keep_u[:, None, :]).flatten(1).float()
         r = len(models)
         free = torch.stack([gaussian_fit.free_mask(m, maps.device) for m in models]).repeat_interleave(n, 0)
         prior = torch.tensor([0, 0, 0, -0.5 / sigma**2, 0, -0.5 / sigma**2, 0.0], device=maps.device)
