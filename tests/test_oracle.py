@@ -11,7 +11,7 @@ from popos.data.prepared import PreparedWriter
 
 def small_params(*extra: str):
     fixed = ["oracle.heatmap_sizes=[16, 4]", "oracle.num_images=3", "oracle.num_landmarks=5"]
-    return load_params(overrides=[*fixed, "decode.methods=[one_hot, popos]", *extra])
+    return load_params(overrides=[*fixed, "decode.methods=[one_hot, popos, popos_authors]", *extra])
 
 
 def test_study_is_deterministic_and_seeded():
@@ -19,7 +19,7 @@ def test_study_is_deterministic_and_seeded():
     a, b = oracle.oracle_study(params), oracle.oracle_study(params)
     pd.testing.assert_frame_equal(a, b)
     assert list(a.columns) == oracle.COLUMNS
-    assert len(a) == len(oracle.CONDITIONS) * 2 * 2  # conditions x sizes x methods
+    assert len(a) == len(oracle.CONDITIONS) * 2 * 3  # conditions x sizes x methods
     c = oracle.oracle_study(small_params("oracle.seed=1"))
     assert not np.allclose(a.mean_px, c.mean_px)
 
@@ -246,7 +246,7 @@ def test_split_points_draws_a_seeded_subset(tmp_path):
 
 def test_unknown_variant_is_named():
     with pytest.raises(ValueError, match=r"unknown variant\(s\) \['nope'\]"):
-        oracle.oracle_study(small_params("decode.methods=[nope, popos]"))
+        oracle.oracle_study(small_params("decode.methods=[nope, popos, popos_authors]"))
 
 
 def test_cli_oracle(tmp_path, monkeypatch, capsys):

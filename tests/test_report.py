@@ -18,7 +18,7 @@ from popos.report import ABLATION_STEPS, build_report, required_inputs
 OVERRIDES = [
     "grid.datasets=[synth, cofw]",
     "grid.heatmap_sizes=[32, 8, 4]",
-    "decode.methods=[one_hot, keyposs, igno, popos]",
+    "decode.methods=[one_hot, keyposs, igno, popos, popos_authors]",
     "sweeps.dataset=cofw",
     "sweeps.heatmap_size=8",
     "sweeps.region=[1, 2]",
@@ -34,7 +34,7 @@ N_FACES = 6
 
 def _nme(run: Run, method: str) -> float:
     """A made-up NME (fraction) that grows as the heatmap shrinks and differs per method and loss."""
-    base = {"one_hot": 0.05, "keyposs": 0.04, "igno": 0.035, "popos": 0.03}[method]
+    base = {"one_hot": 0.05, "keyposs": 0.04, "igno": 0.035, "popos": 0.03, "popos_authors": 0.032}[method]
     return base * 32 / run.heatmap_size ** 0.5 / 5.6 * (0.8 if run.loss == "mse_ma" else 1.0) * (
         1 + 0.01 * (run.ma_weight or 0)
     )
@@ -117,7 +117,7 @@ def test_every_table_and_figure(project):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
     per_res = pd.read_csv(out / "per_resolution.csv")
-    assert len(per_res) == 2 * 2 * 4 * 3  # datasets x losses x decoders x sizes; the stale 16 is not read
+    assert len(per_res) == 2 * 2 * 5 * 3  # datasets x losses x decoders x sizes; the stale 16 is not read
     assert set(per_res.heatmap_size) == {32, 8, 4}
     row = per_res[(per_res.dataset == "cofw") & (per_res.loss == "mse_ma") & (per_res.method == "popos")
                   & (per_res.heatmap_size == 8)].iloc[0]
@@ -144,9 +144,9 @@ def test_every_table_and_figure(project):
     assert sweeps.groupby("knob").size().to_dict() == {"region": 2, "samples_per_pixel": 3, "anchors": 2,
                                                        "ma_weight": 3}
     ma = sweeps[sweeps.knob == "ma_weight"].set_index("value").nme
-    assert ma[0.0] == pytest.approx(100 * _nme(Run("cofw", 8, "mse"), "popos"))
-    assert ma[3.0] == pytest.approx(100 * _nme(Run("cofw", 8, "mse_ma", 3.0), "popos"))
-    assert ma[6.0] == pytest.approx(100 * _nme(Run("cofw", 8, "mse_ma"), "popos"))
+    assert ma[0.0] == pytest.approx(100 * _nme(Run("cofw", 8, "mse"), "popos_authors"))  # sweeps.method
+    assert ma[3.0] == pytest.approx(100 * _nme(Run("cofw", 8, "mse_ma", 3.0), "popos_authors"))  # sweeps.method
+    assert ma[6.0] == pytest.approx(100 * _nme(Run("cofw", 8, "mse_ma"), "popos_authors"))  # sweeps.method
     assert pd.read_csv(out / "fig5_ma_weight.csv").columns.tolist() == ["value", "nme"]
 
     metrics = json.loads((out / "metrics.json").read_text())
@@ -159,7 +159,7 @@ def test_every_table_and_figure(project):
     for png in expected:
         if png.endswith(".png"):
             assert f"]({png})" in md
-    assert len(pd.read_csv(out / "oracle.csv")) == 2 * 2 * 3 * 4
+    assert len(pd.read_csv(out / "oracle.csv")) == 2 * 2 * 3 * 5
 
 
 def test_missing_inputs_are_listed(project):
