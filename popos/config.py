@@ -290,12 +290,20 @@ class OracleSection(Section):
     """Decoding study without a model."""
 
     heatmap_sizes: list[HeatmapSize] = Field(default=[64, 32, 16, 8, 4])
-    conditions: list[Literal["clean", "noise", "amp07", "ampnoise", "flip", "flipcoord", "flipshift"]] = Field(
-        default=["clean", "noise", "amp07", "ampnoise", "flip", "flipcoord", "flipshift"],
+    conditions: list[
+        Literal[
+            "clean", "noise", "amp07", "ampnoise", "flip", "flipcoord", "flipshift",
+            "wide", "narrow", "elongated", "second", "offset",
+        ]
+    ] = Field(
+        default=["clean", "noise", "amp07", "ampnoise", "flip", "flipcoord", "flipshift",
+                 "wide", "narrow", "elongated", "second", "offset"],
         description="map perturbations (popos.oracle): perfect, +N(0,0.05), peak x0.7, peak x U(0.6,1) + "
         "N(0,0.02), flip test averaging maps (exact mirror), flip test averaging decoded points (as evaluate), "
-        "mmpose's flip test (whole-column shift, +0.5 px bias in x; upstream's flip_center)",
-    )
+        "mmpose's flip test (whole-column shift, +0.5 px bias in x; upstream's flip_center); peaks 1.3 and "
+        "0.75 sigma wide, elongated up to 2:1 and rotated, a half-height second peak 3 sigma away, a -0.05 "
+        "baseline + N(0,0.02)",
+    )  # fmt: skip
     points: Literal["center", "full"] = Field(
         default="center",
         description="random ground truth uniform over the central [s/8, 7s/8]^2 of the s-px input (as upstream) "
@@ -324,8 +332,9 @@ class SweepsSection(Section):
     dataset: DatasetName = Field(default="300w", description="dataset of every sweep (the paper: 300W)")
     heatmap_size: HeatmapSize = Field(default=32, description="heatmap side of every sweep (the paper: 32)")
     loss: Loss = Field(default="mse_ma", description="loss of the model whose saved heatmaps the decoder sweeps decode")
-    method: Literal["popos", "popos_authors"] = Field(
-        default="popos", description="the POPoS variant swept (ours, or ours set to the authors' decoder)"
+    method: Literal["popos_authors"] = Field(
+        default="popos_authors",
+        description="the decoder swept: the authors' POPoS, as their Figure 5 (ours has no grid, anchors or region)",
     )
     region: list[float] = Field(
         default=[0.5, 1, 1.5, 2, 3, 4, 6, 8], min_length=1, description="POPoS search region side, heatmap px"

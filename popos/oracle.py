@@ -19,6 +19,15 @@ px. Conditions (reference: upstream measurements, section 9.1):
   but the mirrored map is shifted by one whole column (``shift_heatmap``), which biases x by ``+0.5`` input
   px after averaging, so ``0.5`` is the best mean error there.
 
+Peaks as trained networks give them (the decoders assume ``sigma``; clean unless said):
+
+* ``wide`` / ``narrow``: Gaussians of width ``1.3 sigma`` / ``0.75 sigma`` (2.6 and 1.5 heatmap px for 2);
+* ``elongated``: per landmark, axes ``sigma sqrt(r)`` and ``sigma / sqrt(r)`` with the ratio ``r ~ U(1, 2)``,
+  rotated by an angle ``~ U(0, pi)``;
+* ``second``: plus a second Gaussian of half the amplitude ``3 sigma`` away in a random direction (an
+  occluded or ambiguous point); the error is measured to the first;
+* ``offset``: on a baseline of ``-0.05``, ``+ N(0, 0.02^2)`` per pixel.
+
 Every random draw is seeded from ``oracle.seed``; a condition's noise depends only on the seed, the
 condition and the heatmap size, so the tables do not change when other conditions or sizes are added.
 """
@@ -36,7 +45,10 @@ from popos import geometry
 from popos.config import Params
 from popos.io import write_csv_atomic
 
-CONDITIONS = ("clean", "noise", "amp07", "ampnoise", "flip", "flipcoord", "flipshift")
+CONDITIONS = (
+    "clean", "noise", "amp07", "ampnoise", "flip", "flipcoord", "flipshift",
+    "wide", "narrow", "elongated", "second", "offset",
+)  # fmt: skip
 COLUMNS = ["condition", "heatmap_size", "method", "mean_px", "median_px", "max_px"]
 
 
@@ -115,7 +127,8 @@ def oracle_heatmaps(
 ) -> torch.Tensor:
     """Encode ``[N, K, 2]`` input-px points at ``heatmap_size`` and apply ``condition``: ``[N, K, H, W]`` float32.
 
-    ``sigma`` is in heatmap px; ``generator`` drives the random conditions (``noise``, ``ampnoise``).
+    ``sigma`` is in heatmap px; ``generator`` drives the random conditions (``noise``, ``ampnoise``,
+    ``elongated``, ``second``, ``offset``).
     ``flipcoord`` acts on decoded points, not on maps: here it gives the clean maps.
     """
     from popos.codec import encode_heatmaps
@@ -131,11 +144,38 @@ def oracle_heatmaps(
     if condition == "ampnoise":
         peak = 0.6 + 0.4 * torch.rand(maps.shape[:-2] + (1, 1), generator=generator)
         return maps * peak + 0.02 * torch.randn(maps.shape, generator=generator)
+    if condition in ("wide", "narrow"):
+        width = torch.full(points.shape[:-1], sigma * (1.3 if condition == "wide" else 0.75))
+        return gaussian_maps(points / s, heatmap_size, width, width, torch.zeros_like(width))
+    if condition == "elongated":
+        ratio = (1 + torch.rand(points.shape[:-1], generator=generator)).sqrt()
+        angle = torch.pi * torch.rand(points.shape[:-1], generator=generator)
+        return gaussian_maps(points / s, heatmap_size, sigma * ratio, sigma / ratio, angle)
+    if condition == "second":
+        angle = 2 * torch.pi * torch.rand(points.shape[:-1], generator=generator)
+        other = points / s + 3 * sigma * torch.stack([angle.cos(), angle.sin()], -1)
+        return maps + 0.5 * encode_heatmaps(other, heatmap_size, sigma=sigma, unbiased=True).float()
+    if condition == "offset":
+        return maps - 0.05 + 0.02 * torch.randn(maps.shape, generator=generator)
     if condition in ("flip", "flipshift"):
         mirrored = mirror_points(points, input_size) / s
         flipped = encode_heatmaps(mirrored, heatmap_size, sigma=sigma, unbiased=True).float()
         return 0.5 * (maps + mirror_heatmaps(flipped, input_size, exact=condition == "flip"))
     return maps
+
+
+def gaussian_maps(
+    centres: torch.Tensor, heatmap_size: int, sigma_u: torch.Tensor, sigma_v: torch.Tensor, angle: torch.Tensor
+) -> torch.Tensor:
+    """Unit-peak Gaussians of any covariance: ``[..., K, H, W]`` float32 for centres ``[..., K, 2]`` (x, y) in
+    heatmap px, standard deviations ``sigma_u``, ``sigma_v`` (heatmap px) along axes rotated by ``angle``
+    (radians, from x toward y), each ``[..., K]``."""
+    pixels = torch.arange(heatmap_size, dtype=torch.float32)
+    dx = pixels - centres[..., 0, None, None]  # [..., K, 1, W]
+    dy = pixels[:, None] - centres[..., 1, None, None]  # [..., K, H, 1]
+    cos, sin = torch.cos(angle)[..., None, None], torch.sin(angle)[..., None, None]
+    along, across = cos * dx + sin * dy, cos * dy - sin * dx
+    return torch.exp(-0.5 * (along / sigma_u[..., None, None]) ** 2 - 0.5 * (across / sigma_v[..., None, None]) ** 2)
 
 
 def _predict(maps: torch.Tensor, variant: tuple[str, dict], params: Params, heatmap_size: int) -> torch.Tensor:

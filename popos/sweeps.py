@@ -1,8 +1,8 @@
-"""Decoder ablations without the model (Figure 5a-c): POPoS re-decoding one model's saved test heatmaps
-with one knob changed at a time.
+"""Decoder ablations without the model (Figure 5a-c): the authors' POPoS re-decoding one model's saved test
+heatmaps with one knob of its grid changed at a time.
 
-Each swept value is the variant ``sweeps.method`` (``popos``, with ``decode.popos``'s options, or
-``popos_authors``) with that one option replaced;
+Each swept value is the variant ``sweeps.method`` (``popos_authors``, as the paper's Figure 5; our
+``popos`` fits a window and has no grid, anchors or region to sweep) with that one option replaced;
 errors are measured in image px as :func:`popos.evaluate.evaluate` does (flip test fused the same way).
 """
 
@@ -14,7 +14,7 @@ import pandas as pd
 
 from popos.config import Params
 
-#: sweeps.<knob> -> the POPoS decoder option it sets.
+#: sweeps.<knob> -> the option of :func:`popos.decoders.popos_authors.popos_authors` it sets.
 KNOB_OPTIONS = {"region": "region", "samples_per_pixel": "samples_per_pixel", "anchors": "anchors"}
 COLUMNS = ["knob", "value", "nme", "nme_se", "fr", "auc", "threshold", "n_images"]
 

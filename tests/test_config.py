@@ -64,12 +64,10 @@ def test_schema_defaults_are_params_yaml():
         ("decode.sigma=-2", r"decode\.sigma: Input should be greater than 0"),
         ("decode.methods=[popos, nope]", r"decode\.methods\.1: Input should be 'one_hot'"),
         ("decode.popos.bogus=1", r"decode\.popos\.bogus: Extra inputs are not permitted"),
-        ("decode.popos.anchors=2.5", r"decode\.popos\.anchors: Input should be a valid integer"),
-        ("decode.popos.refine=true", r"decode\.popos\.refine: Input should be a valid integer"),
-        ("decode.popos.objective=3", r"decode\.popos\.objective: Input should be a valid string"),
-        ("decode.popos.anchors=2", r"decode\.popos: anchors must be an integer >= 3"),
-        ("decode.popos.station=centre", r"decode\.popos: station must be one of"),
-        ("decode.popos={objective: l1}", r"decode\.popos: amplitude='joint' needs objective"),
+        ("decode.popos.window=2.5", r"decode\.popos\.window: Input should be a valid integer"),
+        ("decode.popos.shape_test=abc", r"decode\.popos\.shape_test: Input should be a valid number"),
+        ("decode.popos.window=2", r"decode\.popos: window must be an integer >= 3"),
+        ("decode.popos.border_ratio=-1", r"decode\.popos: border_ratio must be a number >= 0"),
         ("sweeps.anchors=[2, 5]", r"sweeps\.anchors 2: anchors must be an integer >= 3"),
         ("model.input_size=64", r"grid\.heatmap_sizes: input_size 64 must be a multiple of 128 for heatmap_size 4"),
         ("model.input_size=96", r"grid\.heatmap_sizes: heatmap_size 64 at input_size 96: stride 1.5"),
@@ -101,12 +99,13 @@ def test_decoder_options_follow_the_decoder_signature(monkeypatch):
     popos_kwargs = {n for n, p in inspect.signature(METHODS["popos"]).parameters.items()
                     if p.kind is p.KEYWORD_ONLY and n != "sigma"}
     assert set(PoposOptions.model_fields) == popos_kwargs
-    assert load_params(overrides=["decode.popos={refine: 2, objective: l2}"]).decode.popos.model_dump() == {
-        "refine": 2, "objective": "l2"}
+    assert load_params(overrides=["decode.popos={window: 7, iterations: 2}"]).decode.popos.model_dump() == {
+        "window": 7, "iterations": 2}
 
 
-def test_sweep_knobs_are_sweeps_fields_and_popos_options():
-    assert set(DECODER_KNOBS) <= set(SweepsSection.model_fields) & set(PoposOptions.model_fields)
+def test_sweep_knobs_are_sweeps_fields_and_options_of_the_sweep_decoder():
+    sweep_decoder = decoder_options_model(SweepsSection().method)
+    assert set(DECODER_KNOBS) <= set(SweepsSection.model_fields) & set(sweep_decoder.model_fields)
 
 
 def test_one_problem_is_one_line():

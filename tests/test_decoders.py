@@ -9,8 +9,10 @@ import torch
 from scipy.optimize import least_squares
 
 import popos.decoders.popos_authors as authors_module
+from popos import oracle
+from popos.anchors import AUTHORS_OTHER, AUTHORS_SIZES
 from popos.codec import encode_heatmaps
-from popos.decoders import METHODS, PRESETS, VARIANTS, decode, default_anchors
+from popos.decoders import METHODS, VARIANTS, decode, default_anchors
 from popos.decoders.base import argmax_xy
 from popos.decoders.dark import opencv_gaussian_kernel
 from popos.decoders.multilateration import (
@@ -22,8 +24,6 @@ from popos.decoders.multilateration import (
     squared_range_newton,
     top_anchors,
 )
-from popos.decoders.popos_authors import AUTHORS_SIZES, authors_preset
-from popos.decoders.station import parabola_station
 from popos.oracle import mirror_heatmaps
 
 SIZES = [64, 32, 16, 8, 4]
@@ -69,7 +69,6 @@ def test_registry_holds_the_seven_methods():
     assert set(METHODS) == {"one_hot", "two_hot", "dark", "keyposs", "igno", "popos", "popos_authors"}
     ours = {"keyposs_peak": ("keyposs", {"block": "peak"}), "igno_damped": ("igno", {"solver": "damped"})}
     assert VARIANTS == {**{name: (name, {}) for name in METHODS}, **ours}
-    assert set(PRESETS) == {"popos", "authors"}
 
 
 def test_decode_rejects_unknown_names_and_options():
@@ -85,17 +84,15 @@ def test_decode_rejects_unknown_names_and_options():
 @pytest.mark.parametrize(
     ("method", "options", "match"),
     [
-        ("popos", {"objective": "l3"}, "objective must be one of 'ml', 'l2', 'l1'"),
-        ("popos", {"preset": "paper"}, "preset must be one of 'popos', 'authors'"),
-        ("popos", {"anchors": 2}, "anchors must be an integer >= 3"),
-        ("popos", {"refine": -1}, "refine must be an integer >= 0"),
-        ("popos", {"region": float("nan")}, "region must be a number >= 0"),
-        ("popos", {"samples_per_pixel": 0}, "samples_per_pixel must be a number > 0"),
-        ("popos", {"station": "centroid"}, "station must be one of"),
-        ("popos", {"objective": "l1", "amplitude": "joint"}, "amplitude='joint' needs objective"),
+        ("popos", {"window": 2}, "window must be an integer >= 3"),
+        ("popos", {"iterations": -1}, "iterations must be an integer >= 0"),
+        ("popos", {"shape_test": float("nan")}, "shape_test must be a number >= 0"),
+        ("popos", {"window_test": -1.0}, "window_test must be a number >= 0"),
         ("popos", {"border_ratio": -1.0}, "border_ratio must be a number >= 0"),
-        ("popos", {"objective": "l2", "border_ratio": 50.0}, "border_ratio > 0 needs objective 'ml'"),
+        ("popos", {"border_ratio": float("inf")}, "border_ratio must be a number >= 0"),
         ("popos", {"sigma": 0.0}, "sigma must be a number > 0"),
+        ("popos_authors", {"anchors": 2}, "anchors must be an integer >= 3"),
+        ("popos_authors", {"samples_per_pixel": 0}, "samples_per_pixel must be a number > 0"),
         ("igno", {"anchors": 2}, "anchors must be an integer >= 3"),
         ("igno", {"objective": "ml"}, "objective must be one of 'l2', 'l1'"),
         ("dark", {"kernel": 4}, "kernel must be odd"),
@@ -130,12 +127,11 @@ def test_input_is_not_modified(method):
     assert torch.equal(hm, before)
 
 
-def test_variant_options_can_be_overridden():
-    pts = random_points(8, 32, 32, margin=2)
-    hm = encode_heatmaps(pts, 32)
-    grid_limited = error_input_px(decode(hm, "popos", preset="authors"), pts, 32)
-    refined = error_input_px(decode(hm, "popos", preset="authors", refine=3), pts, 32)
-    assert grid_limited.min() > 0.02 and refined.max() < 0.01
+def test_options_reach_the_decoder():
+    pts = random_points(8, 32, 32, margin=3)
+    hm = encode_heatmaps(pts, 32, sigma=2.6)  # wider than assumed
+    width_given = error_input_px(decode(hm, "popos", shape_test=math.inf), pts, 32)
+    assert width_given.min() > 0.02 and error_input_px(decode(hm, "popos"), pts, 32).max() < 0.01
 
 
 # ---------------------------------------------------------------- accuracy on clean maps, every method x size
@@ -330,19 +326,69 @@ def test_popos_ml_reaches_the_maximum_likelihood_fit(size):
     pts = random_points(24, size, size, margin=0.5, seed=8)
     hm = 0.8 * noisy(encode_heatmaps(pts, size), 0.03, seed=9)
     want = np.stack([ref_ml(m.double().numpy()) for m in hm])
-    np.testing.assert_allclose(decode(hm[None], "popos", refine=10)[0].numpy(), want, atol=2e-3)
+    width_given = {"shape_test": math.inf, "window_test": math.inf, "border_ratio": 0.0, "iterations": 10}
+    np.testing.assert_allclose(decode(hm[None], "popos", **width_given)[0].numpy(), want, atol=2e-3)
 
 
-@pytest.mark.parametrize("size", [32, 8])
-def test_authors_preset_matches_plain_reference(size):
-    pts = random_points(24, size, size, margin=1, seed=10)
-    hm = noisy(encode_heatmaps(pts, size), 0.03, seed=11)
-    want = np.stack([ref_authors(m.double().numpy()) for m in hm])
-    got = decode(hm[None], "popos", preset="authors")[0].numpy()  # the preset keeps our station (ref_keyposs)
-    spacing = AUTHORS_SIZES[size][1] / (int(AUTHORS_SIZES[size][1] * 128 / size) - 1)
-    close = np.abs(got - want).max(1) < 1e-4
-    # float32 vs float64 may break a near tie between grid points: rare, and then a neighbour
-    assert close.mean() >= 0.9 and np.abs(got - want).max() <= spacing + 1e-4
+def ref_ml_shape(h: np.ndarray, side: int = 9) -> np.ndarray:
+    """The least-squares Gaussian of free amplitude, centre and covariance on a baseline, over the window."""
+    ix, iy = _argmax(h)
+    v, xs, ys = _window(h, ix, iy, side)
+
+    def model(t):
+        dx, dy = xs - t[0], ys - t[1]
+        return t[2] * np.exp(-0.5 * (t[3] * dx * dx + 2 * t[4] * dx * dy + t[5] * dy * dy)) + t[6]
+
+    start = np.array([ix, iy, v.max(), 0.25, 0.0, 0.25, 0.0])
+    return least_squares(lambda t: model(t) - v, start, method="lm", xtol=1e-12, ftol=1e-12).x[:2]
+
+
+@pytest.mark.parametrize("size", [16, 8])
+def test_popos_free_shape_reaches_the_maximum_likelihood_fit(size):
+    pts = random_points(24, size, size, margin=2, seed=40)
+    hm = oracle.gaussian_maps(pts, size, torch.full((24,), 2.6), torch.full((24,), 1.8), torch.full((24,), 0.6))
+    hm = 0.8 * noisy(hm, 0.01, seed=41) - 0.02
+    want = np.stack([ref_ml_shape(m.double().numpy()) for m in hm])
+    free = {"shape_test": 0.0, "window_test": math.inf, "border_ratio": 0.0, "iterations": 10}
+    np.testing.assert_allclose(decode(hm[None], "popos", **free)[0].numpy(), want, atol=2e-3)
+
+
+# The authors' parameterisation on our float32 grid: what the branch-and-bound tests search.
+def authors_preset(height: int, width: int) -> dict:
+    """The authors' settings as options of our ``popos`` (``preset="authors"``) for an ``height x width`` map.
+
+    An approximation of :func:`popos_authors` on our parts (our KeyPosS block, window anchors, float32
+    grid), for varying one of our options at a time from the authors' setting.
+
+    Their K and S come from :data:`AUTHORS_SIZES` (square maps); the sampling step is ``tau = H / 128``
+    heatmap px (2 input px at a 256 input), so ``samples_per_pixel = 1 / tau`` and ``n = int(S / tau)``
+    candidates per axis spanning ``S`` (spacing ``S / (n - 1)``), shifted by ``-tau / 2``, centred on the
+    KeyPosS station; objective: sum of absolute range residuals; no amplitude handling; the grid
+    optimum is returned as is. Their anchors are the top K of the whole map, ours of a window around the
+    argmax large enough to hold them (the same set on a single peak).
+    """
+    anchors, region = AUTHORS_SIZES.get(height, AUTHORS_OTHER) if height == width else AUTHORS_OTHER
+    tau = height / 128
+    return dict(
+        anchors=anchors,
+        window=anchor_window(anchors),
+        station="keyposs",
+        region=region,
+        samples_per_pixel=1 / tau,
+        grid_offset=-tau / 2,
+        objective="l1",
+        amplitude="none",
+        refine=0,
+        border_ratio=0.0,
+    )
+
+
+def _grid(region: float, samples_per_pixel: float, offset: float, device: torch.device) -> torch.Tensor:
+    """Candidate offsets along one axis: ``int(region * samples_per_pixel)`` points spanning ``region``."""
+    n = max(1, math.floor(region * samples_per_pixel + 1e-9))
+    steps = torch.linspace(-region / 2, region / 2, n, device=device) if n > 1 else torch.zeros(1, device=device)
+    return steps + offset
+
 
 
 def search_maps(size: int) -> torch.Tensor:
@@ -363,7 +409,7 @@ def authors_search(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     s = authors_preset(size, size)
     x, y = argmax_xy(maps)
     centre = keyposs_station(maps, x, y, 2.0)
-    steps = authors_module._grid(s["region"], s["samples_per_pixel"], s["grid_offset"], maps.device)
+    steps = _grid(s["region"], s["samples_per_pixel"], s["grid_offset"], maps.device)
     values, anchors = top_anchors(maps, x, y, s["anchors"], s["window"])
     d2 = -8 * values.clamp(1e-9, 1).log()
     cx, cy = (centre[:, :, None] + steps).unbind(1)
@@ -396,7 +442,7 @@ def test_authors_search_breaks_exact_ties_as_the_brute_force():
     anchors = (6 + 4 * torch.rand(60, 10, 1, generator=g)).expand(-1, -1, 2)
     d2 = 4 * torch.rand(60, 10, generator=g)
     centre = torch.full((60, 2), 7.0)
-    steps = authors_module._grid(2.0, 32.0, -1 / 64, centre.device)
+    steps = _grid(2.0, 32.0, -1 / 64, centre.device)
     cx, cy = (centre[:, :, None] + steps).unbind(1)
     scores = authors_module._range_grid_scores(anchors, d2, cx, cy, "l1", False)
     assert torch.equal(scores, scores.transpose(1, 2))
@@ -477,6 +523,33 @@ def test_amplitude_invariance(method, amplitude, std):
     torch.testing.assert_close(decode(amplitude * hm, method), decode(hm, method), atol=2e-3, rtol=0)
 
 
+@pytest.mark.parametrize("method", ["one_hot", "two_hot", "dark", "popos"])
+@pytest.mark.parametrize("size", [16, 4])
+def test_amplitude_invariance_over_the_float32_range(method, size):
+    # a unit map scaled by a power of two is the same map to the bit, so the result must be too (popos was
+    # off by 1.4 px at 1e20 and 2 px at 1e-30, DarkPose's log floor moved it below ~1e-10)
+    hm = noisy(encode_heatmaps(random_points(20, size, size, seed=42), size), 0.02, seed=43)[None]
+    want = decode(hm, method)
+    for amplitude in (2.0**-100, 2.0**-60, 2.0**60, 2.0**100):
+        assert torch.equal(decode(amplitude * hm, method), want), amplitude
+    for amplitude in (1e-30, 1e-20, 1e20, 1e30):  # not powers of two: rounding of the values only
+        torch.testing.assert_close(decode(amplitude * hm, method), want, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_empty_batches(method):
+    for shape in [(0, 5, 16, 16), (2, 0, 16, 16), (0, 16, 16)]:
+        out = decode(torch.zeros(shape), method)
+        assert out.shape == (*shape[:-2], 2) and out.dtype == torch.float32
+    with pytest.raises(TypeError, match="float16, bfloat16, float32"):
+        decode(torch.zeros(0, 5, 16, 16, dtype=torch.int64), method)
+    with pytest.raises(ValueError, match="at least"):
+        decode(torch.zeros(0, 5, 1, 0), method)
+    if method == "popos":  # options are checked on empty batches too
+        with pytest.raises(ValueError, match="window must be"):
+            decode(torch.zeros(0, 5, 16, 16), method, window=1)
+
+
 def test_popos_is_the_most_accurate_under_noise():
     pts = random_points(96, 16, 16, margin=2, seed=16)
     hm = noisy(encode_heatmaps(pts, 16), 0.05, seed=17)[None]
@@ -485,14 +558,36 @@ def test_popos_is_the_most_accurate_under_noise():
     assert err["popos"] < 0.85 * min(err["igno"], err["popos_authors"], err["dark"])
 
 
-def test_popos_objectives_and_presets_are_exact_on_clean_maps_where_they_should_be():
-    pts = random_points(20, 16, 16, margin=1, seed=18)
-    hm = 0.6 * encode_heatmaps(pts, 16)[None]
-    for options in [{"objective": "l2"}, {"anchors": 12}, {"station": "keyposs"}, {"station": "argmax", "refine": 3}]:
-        assert error_input_px(decode(hm, "popos", **options), pts, 16).max() < 0.01, options
-    l1 = error_input_px(decode(hm / 0.6, "popos", objective="l1", amplitude="none", refine=5), pts, 16)
-    assert l1.max() < 0.02
+@pytest.mark.parametrize("size", SIZES)
+def test_popos_is_exact_on_clean_gaussians_of_any_width_and_orientation(size):
+    # widths 1 to 4 heatmap px, axis ratio up to 2, any angle, any amplitude; points at least the larger
+    # width from the border (on maps too small for that, at the centre)
+    g = torch.Generator().manual_seed(size)
+    n = 120
+    minor = 1 + 2 * torch.rand(n, generator=g)
+    major = torch.minimum(minor * (1 + torch.rand(n, generator=g)), torch.tensor(4.0))
+    margin = torch.minimum(major, torch.tensor((size - 1) / 2))
+    pts = margin[:, None] + torch.rand(n, 2, generator=g) * (size - 1 - 2 * margin[:, None])
+    hm = oracle.gaussian_maps(pts, size, major, minor, torch.pi * torch.rand(n, generator=g))
+    hm = hm * (0.3 + torch.rand(n, 1, 1, generator=g))
+    assert error_input_px(decode(hm[None], "popos")[0], pts, size).max() < 0.01
 
+
+def test_popos_keeps_to_the_pixels_near_the_argmax_beside_a_second_peak():
+    pts = random_points(60, 32, 32, margin=9, seed=44)
+    angle = 2 * torch.pi * torch.rand(60, generator=torch.Generator().manual_seed(45))
+    second = pts + 6 * torch.stack([angle.cos(), angle.sin()], -1)
+    hm = (encode_heatmaps(pts, 32) + 0.5 * encode_heatmaps(second, 32))[None]
+    whole = error_input_px(decode(hm, "popos", window_test=math.inf), pts, 32).mean()
+    near = error_input_px(decode(hm, "popos"), pts, 32).mean()
+    assert whole > 2.0 and near < 0.5  # here 3.4 -> 0.40 input px
+
+
+def test_popos_fits_a_baseline_where_one_shows():
+    pts = random_points(60, 16, 16, margin=2, seed=46)
+    hm = (encode_heatmaps(pts, 16) - 0.1)[None]
+    plain = error_input_px(decode(hm, "popos", shape_test=math.inf), pts, 16).max()
+    assert plain > 0.1 and error_input_px(decode(hm, "popos"), pts, 16).max() < 0.01
 
 
 def flip_test_maps(pts: torch.Tensor, size: int) -> torch.Tensor:
@@ -504,7 +599,7 @@ def flip_test_maps(pts: torch.Tensor, size: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(("size", "off"), [(8, 1.0), (4, 5.0)])
-@pytest.mark.parametrize("options", [{}, {"anchors": 12}, {"amplitude": "none"}])  # separable, masked, fixed A
+@pytest.mark.parametrize("options", [{}, {"shape_test": math.inf}])
 def test_border_line_test_drops_a_flip_tests_copied_column(size, off, options):
     pts = random_points(200, size, size, margin=0.5, seed=30)
     hm = flip_test_maps(pts, size)[None]
@@ -525,35 +620,23 @@ def test_border_line_test_costs_little_under_noise():
     tested = error_input_px(decode(hm, "popos")[0], pts, 4).mean()
     assert tested < 1.02 * plain
 
-def test_parabola_station_is_exact_for_clean_gaussians_and_keeps_the_argmax_on_flat_maps():
-    pts = torch.tensor([[0.2, 7.0], [3.7, 0.0], [7.4, 6.6], [5.0, 2.25]])
-    maps = 0.4 * encode_heatmaps(pts, 8)
-    x = torch.tensor([0, 4, 7, 5])
-    y = torch.tensor([7, 0, 7, 2])
-    torch.testing.assert_close(parabola_station(maps, x, y), pts, atol=1e-4, rtol=0)
-    flat = parabola_station(torch.zeros(1, 8, 8), torch.tensor([3]), torch.tensor([5]))
-    assert flat.tolist() == [[3.0, 5.0]]
-
-
 def test_default_anchors_is_the_window_popos_uses():
     assert [default_anchors(s) for s in SIZES] == [81, 81, 81, 64, 16]
     hm = noisy(encode_heatmaps(random_points(10, 16, 16, seed=19), 16), 0.03)[None]
-    # restricting the anchors to all of them changes nothing; fewer anchors change the fit
-    assert torch.equal(decode(hm, "popos", anchors=default_anchors(16)), decode(hm, "popos"))
-    assert not torch.equal(decode(hm, "popos", anchors=default_anchors(16) - 30), decode(hm, "popos"))
+    # the window of that many pixels is the default; a smaller one changes the fit
+    assert torch.equal(decode(hm, "popos", window=math.isqrt(default_anchors(16))), decode(hm, "popos"))
+    assert not torch.equal(decode(hm, "popos", window=5), decode(hm, "popos"))
     with pytest.raises(ValueError, match="heatmap_size"):
         default_anchors(0)
 
 
-@pytest.mark.parametrize("variant", ["popos_authors", "popos"])
-def test_chunked_search_gives_the_same_result(variant, monkeypatch):
+def test_chunked_search_gives_the_same_result(monkeypatch):
     pts = random_points(50, 8, 8, seed=20)
     hm = noisy(encode_heatmaps(pts, 8), 0.03)[None]
-    whole = decode(hm, variant, objective="l2") if variant == "popos" else decode(hm, variant)
+    whole = decode(hm, "popos_authors")
     monkeypatch.setattr(authors_module, "CHUNK_ELEMENTS", 10_000)
     assert len(authors_module._chunks(50, 48 * 48 * 15)) == 50  # authors at 8x8: one heatmap per chunk
-    chunked = decode(hm, variant, objective="l2") if variant == "popos" else decode(hm, variant)
-    assert torch.equal(whole, chunked)
+    assert torch.equal(decode(hm, "popos_authors"), whole)
 
 
 @pytest.mark.parametrize(("size", "amplitude"), [(16, 1.0), (8, 0.6), (4, 0.6)])

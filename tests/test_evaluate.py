@@ -16,7 +16,7 @@ from popos.evaluate import check_flip_index, decode_coordinates, evaluate, evalu
 from popos.geometry import flip_points, stride
 from popos.train import train
 
-METHODS = ["one_hot", "dark", "popos"]
+METHODS = ["one_hot", "dark", "popos", "popos_authors"]
 
 
 @pytest.fixture(scope="module")
@@ -112,13 +112,13 @@ def test_evaluate_writes_every_file(trained, tmp_path):
 def test_evaluate_without_flip_or_heatmaps_from_the_cli(trained, tmp_path, monkeypatch):
     root, _, ckpt = trained
     monkeypatch.chdir(tmp_path)
-    overrides = [*TINY, f"data.prepared_dir={root}", "decode.methods=[one_hot, popos]", "evaluate.flip_test=false",
-                 "evaluate.save_heatmaps=false"]
+    overrides = [*TINY, f"data.prepared_dir={root}", "decode.methods=[one_hot, popos, popos_authors]",
+                 "evaluate.flip_test=false", "evaluate.save_heatmaps=false"]
     assert main(["evaluate", "--checkpoint", str(ckpt), "--out", "ev", "--device", "cpu",
                  *[a for o in overrides for a in ("--set", o)]]) == 0
     assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == [
         "metrics.json", "per_image.csv", "predictions.npz", "summary.csv"]
-    assert pd.read_csv(tmp_path / "ev" / "summary.csv")["method"].tolist() == ["one_hot", "popos"]
+    assert pd.read_csv(tmp_path / "ev" / "summary.csv")["method"].tolist() == ["one_hot", "popos", "popos_authors"]
 
 
 def test_predict_draws_the_landmarks(trained, tmp_path, capsys):

@@ -11,7 +11,7 @@ from popos.data.prepared import PreparedWriter
 
 def small_params(*extra: str):
     fixed = ["oracle.heatmap_sizes=[16, 4]", "oracle.num_images=3", "oracle.num_landmarks=5"]
-    return load_params(overrides=[*fixed, "decode.methods=[one_hot, popos]", *extra])
+    return load_params(overrides=[*fixed, "decode.methods=[one_hot, popos, popos_authors]", *extra])
 
 
 def test_study_is_deterministic_and_seeded():
@@ -19,7 +19,7 @@ def test_study_is_deterministic_and_seeded():
     a, b = oracle.oracle_study(params), oracle.oracle_study(params)
     pd.testing.assert_frame_equal(a, b)
     assert list(a.columns) == oracle.COLUMNS
-    assert len(a) == len(oracle.CONDITIONS) * 2 * 2  # conditions x sizes x methods
+    assert len(a) == len(oracle.CONDITIONS) * 2 * 3  # conditions x sizes x methods
     c = oracle.oracle_study(small_params("oracle.seed=1"))
     assert not np.allclose(a.mean_px, c.mean_px)
 
@@ -92,6 +92,47 @@ def test_amplitude_and_noise_conditions(points):
     assert residual.std().item() == pytest.approx(0.02, rel=0.02)
 
 
+def test_mis_shaped_peak_conditions(points):
+    s = 256 / 64
+    clean = oracle.oracle_heatmaps(points, "clean", 64)
+    for condition, width in (("wide", 2.6), ("narrow", 1.5)):
+        want = encode_heatmaps(points / s, 64, sigma=width, unbiased=True)
+        torch.testing.assert_close(oracle.oracle_heatmaps(points, condition, 64), want, atol=1e-6, rtol=0)
+    # elongated: the maps' second moments are a covariance of determinant sigma^4 and axis ratio 1..2
+    maps = oracle.oracle_heatmaps(points, "elongated", 64, generator=oracle.seeded_generator(2)).double()
+    ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    mass = maps.sum((-2, -1))
+    dx, dy = (
+        xs - (maps * xs).sum((-2, -1))[..., None, None] / mass[..., None, None],
+        ys - (maps * ys).sum((-2, -1))[..., None, None] / mass[..., None, None],
+    )
+    cov = torch.stack([(maps * a * b).sum((-2, -1)) / mass for a, b in ((dx, dx), (dx, dy), (dy, dy))], -1)
+    det = cov[..., 0] * cov[..., 2] - cov[..., 1] ** 2
+    torch.testing.assert_close(det, torch.full_like(det, 16.0), atol=0.2, rtol=0)  # tails cut by the border
+    half_trace = (cov[..., 0] + cov[..., 2]) / 2
+    spread = (half_trace**2 - det).sqrt()
+    ratio = ((half_trace + spread) / (half_trace - spread)).sqrt()  # of the axes' standard deviations
+    assert ratio.min() > 0.99 and ratio.max() < 2.01 and ratio.std() > 0.2
+    assert (cov[..., 1].abs() > 0.1).float().mean() > 0.5  # rotated, not only axis-aligned
+    # second: a half-height Gaussian 3 sigma from the point
+    extra = oracle.oracle_heatmaps(points, "second", 64, generator=oracle.seeded_generator(2)) - clean
+    flat = extra.flatten(-2).argmax(-1)
+    peak = torch.stack([flat % 64, flat // 64], -1).float()
+    distance = (peak - points / s).norm(dim=-1)
+    assert (distance - 6).abs().max() < 0.75 and extra.amax((-2, -1)).max() <= 0.5
+    # offset: a -0.05 baseline plus N(0, 0.02^2)
+    shifted = oracle.oracle_heatmaps(points, "offset", 64, generator=oracle.seeded_generator(2)) - clean
+    assert shifted.mean().item() == pytest.approx(-0.05, abs=1e-3)
+    assert shifted.std().item() == pytest.approx(0.02, rel=0.02)
+
+
+def test_gaussian_maps_of_equal_axes_are_the_encoders(points):
+    centres = points / 8
+    width = torch.full(points.shape[:-1], 1.7)
+    maps = oracle.gaussian_maps(centres, 32, width, width, torch.rand(points.shape[:-1]))
+    torch.testing.assert_close(maps, encode_heatmaps(centres, 32, sigma=1.7), atol=1e-6, rtol=0)
+
+
 def test_random_conditions_follow_the_generator(points):
     a = oracle.oracle_heatmaps(points, "noise", 8, generator=oracle.seeded_generator(0, 1, 8))
     b = oracle.oracle_heatmaps(points, "noise", 8, generator=oracle.seeded_generator(0, 1, 8))
@@ -132,7 +173,6 @@ def test_flip_condition_keeps_the_centroid(points):
     torch.testing.assert_close(centroid_x(flip), centroid_x(clean), atol=1e-3, rtol=0)
 
 
-
 def test_flipshift_is_mmposes_whole_column_shift_and_its_half_pixel_bias(points):
     maps = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     shifted = oracle.mirror_heatmaps(maps, 256, exact=False)
@@ -147,6 +187,7 @@ def test_flipshift_is_mmposes_whole_column_shift_and_its_half_pixel_bias(points)
         err = pred - points
         torch.testing.assert_close(err[..., 0].mean(), torch.tensor(0.5), atol=0.02, rtol=0)
         assert err[..., 1].abs().max() < 0.01
+
 
 def test_run_oracle_writes_csv_and_prints(tmp_path, capsys):
     out = tmp_path / "sub" / "oracle.csv"
@@ -165,8 +206,15 @@ def test_run_oracle_writes_csv_and_prints(tmp_path, capsys):
 def _write_split(root, boxes, landmarks, visible):
     with PreparedWriter(root, "toy", "test", num_landmarks=landmarks.shape[1], crop_size=4) as writer:
         for i, (box, lm, vis) in enumerate(zip(boxes, landmarks, visible, strict=True)):
-            writer.add(image=f"{i}.png", crop=np.zeros((4, 4, 3), np.uint8), landmarks=lm, visible=vis, box=box,
-                       norm=1.0, crop_affine=np.eye(2, 3))
+            writer.add(
+                image=f"{i}.png",
+                crop=np.zeros((4, 4, 3), np.uint8),
+                landmarks=lm,
+                visible=vis,
+                box=box,
+                norm=1.0,
+                crop_affine=np.eye(2, 3),
+            )
 
 
 def test_points_from_a_prepared_split(tmp_path):
@@ -198,7 +246,7 @@ def test_split_points_draws_a_seeded_subset(tmp_path):
 
 def test_unknown_variant_is_named():
     with pytest.raises(ValueError, match=r"decode\.methods\.0: Input should be 'one_hot'"):  # refused at load
-        oracle.oracle_study(small_params("decode.methods=[nope, popos]"))
+        oracle.oracle_study(small_params("decode.methods=[nope, popos, popos_authors]"))
 
 
 def test_cli_oracle(tmp_path, monkeypatch, capsys):

@@ -14,7 +14,7 @@ from popos.sweeps import COLUMNS, decoder_sweep
 
 INPUT, SIZE, K, N = 64, 8, 5, 4
 OVERRIDES = ["sweeps.region=[0, 2]", "sweeps.samples_per_pixel=[0.5, 8]", "sweeps.anchors=[4, 9]",
-             "sweeps.heatmap_size=8", "decode.popos={refine: 0}"]
+             "sweeps.heatmap_size=8"]
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_each_row_is_the_variant_decoded_directly(heatmaps):
         maps, gt = torch.from_numpy(z["heatmaps"].astype(np.float32)), z["landmarks"]
     for row in table.itertuples():
         option = {"samples_per_pixel": row.value, "region": row.value, "anchors": int(row.value)}[row.knob]
-        pred = decode(maps, "popos", sigma=params.decode.sigma, refine=0, **{row.knob: option}).numpy()
+        pred = decode(maps, "popos_authors", sigma=params.decode.sigma, **{row.knob: option}).numpy()
         per_face = np.linalg.norm(pred * (INPUT / SIZE) - gt, axis=-1).mean(-1) / 10.0
         assert row.nme == pytest.approx(per_face.mean(), rel=1e-5), row
         assert row.nme_se == pytest.approx(per_face.std(ddof=1) / np.sqrt(N), rel=1e-4), row

@@ -25,7 +25,8 @@ TINY = [
     "model.pretrained=null",
     "model.input_size=32", "model.width=4", "model.stem_width=8", "model.stage1_blocks=1", "model.num_blocks=1",
     "model.num_modules=[1, 1, 1]", "train.batch_size=8", "train.epochs=3", "train.workers=0", "train.lr=0.005",
-    "augment.rotation_prob=0", "augment.flip_prob=0.5", "augment.translate=0.02", "decode.methods=[one_hot, popos]",
+    "augment.rotation_prob=0", "augment.flip_prob=0.5", "augment.translate=0.02",
+    "decode.methods=[one_hot, popos, popos_authors]",
     "evaluate.batch_size=8", "evaluate.save_heatmaps=true", "train.eval_every=1",
     # a 32 px input makes 8 px heatmaps, not the paper's 64 or 4 (load_params checks it)
     f"grid.heatmap_sizes=[{HEATMAP}]", f"sweeps.heatmap_size={HEATMAP}", f"report.overlay_sizes=[{HEATMAP}]",

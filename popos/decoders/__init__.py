@@ -27,7 +27,7 @@ from torch import Tensor
 
 from popos.decoders import argmax, dark, multilateration, popos, popos_authors  # noqa: F401 (registers the methods)
 from popos.decoders.base import METHODS, register
-from popos.decoders.popos import PRESETS, default_anchors
+from popos.decoders.popos import default_anchors
 
 #: display name -> (method, options): every method under its own name, and the authors' POPoS
 VARIANTS: dict[str, tuple[str, dict]] = {name: (name, {}) for name in METHODS}
@@ -36,7 +36,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {name: (name, {}) for name in METHODS}
 VARIANTS["keyposs_peak"] = ("keyposs", {"block": "peak"})
 VARIANTS["igno_damped"] = ("igno", {"solver": "damped"})
 
-__all__ = ["METHODS", "PRESETS", "VARIANTS", "decode", "default_anchors", "register", "resolve_variants"]
+__all__ = ["METHODS", "VARIANTS", "decode", "default_anchors", "register", "resolve_variants"]
 
 
 def decode(heatmaps: Tensor, method: str, *, sigma: float = 2.0, **options) -> Tensor:

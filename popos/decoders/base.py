@@ -7,6 +7,7 @@ flattened to ``[B, H, W]`` (``B`` = all leading dims) and return ``[B, 2]``; :fu
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -24,13 +25,25 @@ MARGIN = 1.0
 
 
 def register(name: str) -> Callable[[Decoder], Decoder]:
-    """Decorator adding a decoder to :data:`METHODS` under ``name``."""
+    """Decorator adding a decoder to :data:`METHODS` under ``name``.
+
+    The registered decoder also takes empty batches (``[0, K, H, W]``, or ``K = 0``): it checks the options
+    and the map size on one map of zeros, then returns an empty ``[..., K, 2]`` float32 tensor.
+    """
 
     def add(fn: Decoder) -> Decoder:
         if name in METHODS:
             raise ValueError(f"decoder {name!r} is registered twice")
-        METHODS[name] = fn
-        return fn
+
+        @functools.wraps(fn)
+        def decoder(heatmaps: Tensor, **options) -> Tensor:
+            if isinstance(heatmaps, Tensor) and heatmaps.ndim >= 3 and heatmaps.numel() == 0:
+                fn(heatmaps.new_zeros(1, *heatmaps.shape[-2:]), **options)
+                return torch.zeros(*heatmaps.shape[:-2], 2, device=heatmaps.device)
+            return fn(heatmaps, **options)
+
+        METHODS[name] = decoder
+        return decoder
 
     return add
 
@@ -56,7 +69,7 @@ def flat_maps(heatmaps: Tensor, min_size: int = 1) -> Tensor:
         bad = int((~torch.isfinite(heatmaps)).sum())
         if bad:
             raise ValueError(f"heatmaps hold {bad} non-finite values (NaN or inf) out of {heatmaps.numel()}")
-    return heatmaps.reshape(-1, h, w)
+    return heatmaps.reshape(math.prod(heatmaps.shape[:-2]), h, w)
 
 
 def unflatten(coords: Tensor, heatmaps: Tensor) -> Tensor:
@@ -117,12 +130,13 @@ def check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
-def check_float(name: str, value: object, minimum: float, *, strict: bool = False) -> float:
-    """``value`` as a float ``>= minimum`` (``> minimum`` if ``strict``), else ``ValueError``."""
+def check_float(name: str, value: object, minimum: float, *, strict: bool = False, infinite: bool = False) -> float:
+    """``value`` as a float ``>= minimum`` (``> minimum`` if ``strict``; ``+inf`` allowed if ``infinite``), else
+    ``ValueError``."""
     ok = (
         isinstance(value, (int, float))
         and not isinstance(value, bool)
-        and math.isfinite(value)
+        and (math.isfinite(value) or (infinite and value == math.inf))
         and (value > minimum if strict else value >= minimum)
     )
     if not ok:

@@ -66,7 +66,7 @@ def line_deletion_ratio(
 
 def drop_border_line(
     win: PeakWindow, theta: Tensor, height: int, width: int, sigma: float, ratio: float, free: tuple[bool, bool, bool]
-) -> Tensor:
+) -> tuple[Tensor, Tensor]:
     """Refit without a map-border line of the window where that line disagrees with the rest of the peak.
 
     Border pixels are the least trustworthy: a flip test that averages heatmaps fills the column its
@@ -77,7 +77,8 @@ def drop_border_line(
     turn and ``theta [B, 3] = (x, y, A)`` refitted (3 Gauss-Newton steps on the parameters marked ``free``).
     The line is an outlier when its mean squared residual under the fit without it exceeds ``ratio`` times
     the residual variance of the other pixels (plus a floor of ``1e-4 A`` RMS) and at least 6 pixels
-    remain; the fit without the most discordant line is kept. Returns ``[B, 3]``. Only lines whose
+    remain; the fit without the most discordant line is kept. Returns that fit ``[B, 3]`` and the line left
+    out, ``[B]`` int64: 0 / 1 the window's first / last column, 2 / 3 its first / last row, -1 none. Only lines whose
     linearised statistic (:func:`line_deletion_ratio`) reaches a tenth of ``ratio`` are refitted: under
     pixel noise almost none, so the test costs a few sums over the border lines.
     """
@@ -85,14 +86,15 @@ def drop_border_line(
     cx, cy = win.coords[:, 0], win.coords[:, 1]
     lines = torch.stack([cx == 0, cx == width - 1, cy == 0, cy == height - 1], 1)  # [B, 4, w]: on the line
     near = lines.any(-1).any(-1).nonzero(as_tuple=True)[0]  # windows that touch the border
+    none = torch.full((n,), -1, dtype=torch.long, device=theta.device)
     if near.numel() == 0:
-        return theta
+        return theta, none
     mask = None if win.mask is None else win.mask[near]
     statistic = line_deletion_ratio(PeakWindow(win.values[near], win.coords[near], mask), theta[near],
                                      lines[near].any(-1), sigma, free)  # fmt: skip
     which, line = (statistic > 0.1 * ratio).nonzero(as_tuple=True)
     if which.numel() == 0:
-        return theta
+        return theta, none
     which = near[which]
     axes = torch.ones(which.numel(), 2, win.values.shape[-1], device=theta.device)
     axes[torch.arange(which.numel(), device=theta.device), line // 2] = (~lines[which, line]).float()
@@ -113,5 +115,7 @@ def drop_border_line(
     score[which, line] = excess.clamp_min(0) / line_ms.clamp_min(1e-30)
     refit = torch.zeros(n, 4, dtype=torch.long, device=theta.device)
     refit[which, line] = torch.arange(which.numel(), device=theta.device)
-    pick = refit.gather(1, score.argmax(1, keepdim=True))[:, 0]
-    return torch.where((score.amax(1) > 0)[:, None], fit[pick], theta)
+    worst = score.argmax(1)
+    pick = refit.gather(1, worst[:, None])[:, 0]
+    dropped = score.amax(1) > 0
+    return torch.where(dropped[:, None], fit[pick], theta), torch.where(dropped, worst, none)

@@ -55,7 +55,8 @@ def dark(heatmaps: Tensor, *, sigma: float = 2.0, kernel: int = 11) -> Tensor:  
     Only the 5 x 5 blurred values the stencil reads are computed, from the ``(4 + kernel)``-wide raw patch
     around the argmax, which equals a full zero-padded blur there. mmpose also rescales the blurred map
     to keep its maximum; a constant factor is an additive constant after the log, which the derivatives
-    ignore, so it is left out (it could only matter through the 1e-10 floor on maps of ~1e-10 values).
+    ignore. It matters only through the 1e-10 floor, so the patch is divided by its maximum first: the
+    result is the same for peaks of any amplitude in the float32 range.
 
     >>> from popos.codec import encode_heatmaps
     >>> [round(v, 3) for v in dark(encode_heatmaps(torch.tensor([[7.3, 6.8]]), 16)).flatten().tolist()]
@@ -75,6 +76,8 @@ def dark(heatmaps: Tensor, *, sigma: float = 2.0, kernel: int = 11) -> Tensor:  
     inside = ((py >= 0) & (py < height))[:, :, None] & ((px >= 0) & (px < width))[:, None, :]
     flat_idx = py.clamp(0, height - 1)[:, :, None] * width + px.clamp(0, width - 1)[:, None, :]
     patch = maps.reshape(n, -1).gather(1, flat_idx.reshape(n, -1)).float().reshape(inside.shape) * inside
+    top = patch.flatten(1).amax(1)  # the peak; dividing by it keeps every amplitude away from the log floor
+    patch = patch / torch.where(top > 0, top, 1.0)[:, None, None]
     # blurred values at offsets -2..2: a banded [5, P] matrix applied to rows and columns
     k = opencv_gaussian_kernel(kernel).float().to(maps.device)
     band = torch.zeros(5, 2 * radius + 1, device=maps.device)

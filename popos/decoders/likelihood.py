@@ -10,8 +10,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from popos.decoders.base import window
-
 # [i, j] = y power i, x power j (flattened i * 3 + j) -> the order (ux, uy, 1) x (ux, uy, 1)
 _GN_LAYOUT = [2, 4, 1, 4, 6, 3, 1, 3, 0]
 
@@ -38,36 +36,6 @@ class PeakWindow:
         self.values, self.coords, self.mask, self.axes = values, coords, mask, axes
         self.weighted = values if mask is None else values * mask
         self.energy = (self.weighted * values).sum((1, 2))
-
-    @classmethod
-    def around(cls, maps: Tensor, centre_x: Tensor, centre_y: Tensor, side: int, anchors: int | None) -> PeakWindow:
-        """The ``side``-wide window of ``maps [B, H, W]`` around integer ``(centre_x, centre_y) [B]`` (cut to
-        the map, shifted to stay inside it); ``anchors``: only the largest pixels are used (``None``: all)."""
-        side = min(side, *maps.shape[1:])
-        values, x0, y0 = window(maps, centre_x, centre_y, side)
-        n = values.shape[0]
-        coords = (torch.stack([x0, y0], 1)[:, :, None] + torch.arange(side, device=maps.device)).float()
-        mask = None
-        if anchors is not None and anchors < side * side:
-            top = values.reshape(n, -1).topk(anchors, dim=-1).indices
-            mask = torch.zeros(n, side * side, device=maps.device).scatter_(1, top, 1.0).reshape(values.shape)
-        return cls(values, coords, mask)
-
-    def grid_best(self, sl: slice, centres: Tensor, sigma: float, joint: bool) -> tuple[Tensor, Tensor]:
-        """The candidate ``(x_j, y_i)`` of least ML cost for ``centres [b, 2, n]`` (first in row-major order on
-        ties): its index ``i * n + j`` and its least-squares amplitude ``sum h g / sum g^2``, two ``[b]``."""
-        _, g = gaussians(self.coords[sl], centres, sigma)  # [b, 2, n, w]
-        hg = torch.einsum("biy,byx,bjx->bij", g[:, 1], self.weighted[sl], g[:, 0])  # sum of h g over anchors
-        if self.mask is None or self.axes is not None:
-            sq = (g * g if self.axes is None else g * g * self.axes[sl, :, None]).sum(-1)
-            gg = sq[:, 1, :, None] * sq[:, 0, None, :]
-        else:
-            gg = torch.einsum("biy,byx,bjx->bij", g[:, 1] ** 2, self.mask[sl], g[:, 0] ** 2)
-        gg = gg.clamp_min(1e-30)
-        # with the best amplitude A = hg / gg (a negative correlation is the worst fit), or with A = 1
-        score = -(hg.clamp_min(0) ** 2) / gg if joint else gg - 2 * hg
-        best = score.flatten(1).argmin(-1, keepdim=True)
-        return best[:, 0], (hg / gg).flatten(1).gather(1, best)[:, 0]
 
     def moments(self, p: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
         """Sums over the anchors at points ``p [B, 2]``, with ``u = pixel - p`` and ``g`` the unit Gaussian

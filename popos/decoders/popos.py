@@ -1,31 +1,33 @@
-"""POPoS: pseudo-range multilateration by parallel search over a candidate grid, then Gauss-Newton.
+"""POPoS, ours: the maximum-likelihood Gaussian of free amplitude, position and shape around the peak.
 
 ``heatmaps [..., K, H, W] -> [..., K, 2]`` float32 ``(x, y)`` in heatmap px, pixel ``i`` centred at ``i``.
 
-The paper (AAAI 2025, section 3.3) reads the heatmap value at each anchor pixel ``a_i`` as a range,
-``d_i^2 = -2 sigma^2 ln h_i``, and picks, from a grid of candidate points around the peak, the one that
-best satisfies the range equations ``|a_i - p|^2 = d_i^2``. Ours keeps that search and adds:
+The paper (AAAI 2025, section 3.3) reads the heatmap value at each anchor pixel as a range to the peak,
+``d^2 = -2 sigma^2 ln h``, and searches a candidate grid for the point that best satisfies those range
+equations, with ``sigma`` and a unit amplitude assumed (the authors' decoder is
+:mod:`popos.decoders.popos_authors`). A network's peaks have neither: their amplitude is below 1, their
+width differs from the target's, they are elongated along the face contour, sit on a baseline and now
+and then share the window with a weaker second peak. Ours keeps the range reading, in its
+maximum-likelihood form (the range equations mapped back through the Gaussian are the residuals
+``h - A g``, weighted right under i.i.d. pixel noise), and fits what the assumptions fixed
+(:mod:`popos.decoders.gaussian_fit`):
 
-* **the pseudo-range offset**: a network's peak has an unknown amplitude ``A`` (MSE training gives
-  ``A < 1``), and ``ln h = ln A - |a - p|^2 / (2 sigma^2)`` adds the same ``c = -2 sigma^2 ln A`` to every
-  squared range, like a GPS receiver's clock bias. It is solved jointly with the position
-  (``amplitude="joint"``) instead of assumed zero (the authors' decoder errs by 65 input px at 4 x 4 for
-  ``A = 0.7``) or divided out by the maximum (which biases clean maps);
-* **the maximum-likelihood objective** ``"ml"``: the range equations mapped back through the Gaussian,
-  ``r_i = A exp(-|a_i - p|^2 / (2 sigma^2)) - h_i``, i.e. squared-range residuals weighted by the inverse
-  of their noise variance under i.i.d. pixel noise (``var(d_i^2) ~ 1 / h_i^2``). Its parts are separable
-  in x and y, so the whole candidate grid costs two small matrix products per heatmap, over every pixel
-  of a window around the peak;
-* **a closed-form station**: the grid is centred on the vertex of the log-parabola through the argmax
-  and its neighbours on each axis (:func:`parabola_station`), exact for any clean Gaussian, so a small
-  grid (default 5 x 5 over 2 px) suffices;
-* **refinement**: a few damped Gauss-Newton steps on the same objective from the grid optimum, so the
-  result is exact on clean heatmaps at every size rather than limited to the grid spacing;
-* **bounded memory and batching**: one pass for all heatmaps; candidate x anchor tensors (objectives
-  ``"l1"``, ``"l2"``) are processed in chunks of at most :data:`~popos.decoders.popos_authors.CHUNK_ELEMENTS`.
+* **amplitude and shape**: the model is ``exp(quadratic) (+ baseline)``, a Gaussian of any amplitude,
+  centre and covariance; the start, a weighted least-squares fit of ``ln h`` around the argmax, is
+  already exact on any clean Gaussian, a few Gauss-Newton steps make it the maximum-likelihood fit;
+* **model selection**: ``sigma`` is the prior. Every window is fitted with the width given (3
+  parameters: amplitude and position) and with a free covariance on a baseline (7); the larger model is
+  taken only where it lowers the residual sum of squares by more than ``shape_test`` times what its 4
+  extra parameters would remove from noise (an F test), so under noise on peaks of the assumed width the
+  decoder keeps the prior's accuracy;
+* **a second peak**: where the residuals of the whole window exceed, by the same kind of F test
+  (``window_test``), those of a free-shape fit to the 5 x 5 (then 3 x 3) pixels around the argmax, the
+  smaller fit is kept: a second peak lends its mass to the whole window, not to the pixels at the argmax;
+* **the border-line test** (:mod:`popos.decoders.border_line`): a map-border row or column that
+  disagrees with the rest (a flip test's copied column) is left out of every fit;
+* **the whole float32 range**: the window is divided by its maximum before fitting.
 
-``preset="authors"`` sets the options to the authors' released decoder
-(:func:`~popos.decoders.popos_authors.authors_preset`; the decoder itself is :mod:`.popos_authors`).
+Every step runs on the whole batch with masks and fixed iteration counts (the border-line test aside).
 """
 
 from __future__ import annotations
@@ -36,10 +38,9 @@ import torch
 from torch import Tensor
 
 from popos.anchors import OUR_WINDOW, our_anchors
-from popos.codec import distance_maps
+from popos.decoders import gaussian_fit
 from popos.decoders.base import (
     argmax_xy,
-    check_choice,
     check_float,
     check_int,
     clamp_to_map,
@@ -48,32 +49,22 @@ from popos.decoders.base import (
     register,
     unflatten,
 )
+from popos.decoders.base import window as window_around
 from popos.decoders.border_line import drop_border_line
 from popos.decoders.likelihood import PeakWindow
-from popos.decoders.multilateration import EPS, gauss_newton, keyposs_station, range_residuals, top_anchors
-from popos.decoders.popos_authors import _chunks, _grid, _l1_levels, _l1_search, _range_grid_scores, authors_preset
-from popos.decoders.station import parabola_station
 
-#: our decoder's settings, at every heatmap size (``anchors=None``: every pixel of the window)
-OURS = dict(
-    anchors=None,
-    window=OUR_WINDOW,
-    station="parabola",
-    region=2.0,
-    samples_per_pixel=2.5,
-    grid_offset=0.0,
-    objective="ml",
-    amplitude="joint",
-    refine=1,
-    border_ratio=100.0,
-)
-
-#: preset name -> ``fn(height, width) -> options``; options given to :func:`popos` override these
-PRESETS = {"popos": lambda height, width: dict(OURS), "authors": authors_preset}  # noqa: ARG005
+#: side of the window around the argmax that our decoder fits, heatmap px
+WINDOW = OUR_WINDOW
+#: the models fitted to the whole window, in the order the selection reads them (each nests the one before)
+MODELS = ("width", "baseline")
+#: the smaller windows fitted with a free shape beside a second peak, largest first (sides, heatmap px)
+NEAR_WINDOWS = (5, 3)
+#: pixels of the start fit: within this Chebyshev radius of the argmax (the 5 x 5 around it)
+START_RADIUS = 2
 
 
 def default_anchors(heatmap_size: int) -> int:
-    """Anchors of our decoder at a square ``heatmap_size``: every pixel of its window, ``min(9, size)^2``.
+    """Pixels our decoder fits at a square ``heatmap_size``: its window, ``min(9, size)^2``.
 
     >>> default_anchors(64), default_anchors(4)
     (81, 16)
@@ -81,26 +72,86 @@ def default_anchors(heatmap_size: int) -> int:
     return our_anchors(check_int("heatmap_size", heatmap_size, 1))
 
 
-def _settings(preset: str, height: int, width: int, given: dict) -> dict:
-    """The preset's options for the map size, overridden by the ``given`` ones that are not ``None``; checked."""
-    check_choice("preset", preset, tuple(PRESETS))
-    s = {**PRESETS[preset](height, width), **{k: v for k, v in given.items() if v is not None}}
-    if s["anchors"] is not None:
-        check_int("anchors", s["anchors"], 3)
-    check_int("window", s["window"], 2)
-    check_choice("station", s["station"], ("parabola", "argmax", "keyposs"))
-    check_float("region", s["region"], 0.0)
-    check_float("samples_per_pixel", s["samples_per_pixel"], 0.0, strict=True)
-    check_float("grid_offset", s["grid_offset"], -math.inf)
-    check_choice("objective", s["objective"], ("ml", "l2", "l1"))
-    check_choice("amplitude", s["amplitude"], ("joint", "none"))
-    check_int("refine", s["refine"], 0)
-    check_float("border_ratio", s["border_ratio"], 0.0)
-    if given.get("border_ratio") and s["objective"] != "ml":
-        raise ValueError("border_ratio > 0 needs objective 'ml' (the border-line test refits that objective)")
-    if s["objective"] == "l1" and s["amplitude"] == "joint":
-        raise ValueError("amplitude='joint' needs objective 'ml' or 'l2' (a range offset has no closed form in l1)")
-    return s
+class _Fits:
+    """Fits of several models to the ``side x side`` window around each argmax (only its pixels within
+    Chebyshev ``radius`` of the argmax, if given): per fit ``[R, B]`` of the centre (heatmap px, ``[R, B,
+    2]``), the residual sum of squares (``inf`` where the fit is not a peak), the number of parameters and
+    of pixels used."""
+
+    def __init__(
+        self,
+        maps: Tensor,
+        x: Tensor,
+        y: Tensor,
+        side: int,
+        models: tuple[str, ...],
+        *,
+        top: Tensor,
+        line: Tensor,
+        sigma: float,
+        iterations: int,
+        start_radius: int,
+        radius: int | None = None,
+    ):
+        n, height, width = maps.shape
+        raw, x0, y0 = window_around(maps, x, y, side)
+        values = (raw / top[:, None, None]).flatten(1)  # peak 1: the fit sees every amplitude alike
+        mono = gaussian_fit.Monomials(side, side, maps.device)
+        offsets = torch.arange(side, device=maps.device)
+        du = (x0 - x)[:, None] + offsets  # [B, side]: each column's and row's offset from the argmax
+        dv = (y0 - y)[:, None] + offsets
+        near_u, near_v = du.abs() <= start_radius, dv.abs() <= start_radius
+        near = (near_v[:, :, None] & near_u[:, None, :]).flatten(1)
+        start_weight = torch.where(near & (values > 0), values * values, 0.0)
+        # the map-border line the border-line test left out (a column or a row of the map) is used by no fit
+        left_out_col = torch.where(line == 0, 0, torch.where(line == 1, width - 1, -1))
+        left_out_row = torch.where(line == 2, 0, torch.where(line == 3, height - 1, -1))
+        keep_u = (x0[:, None] + offsets) != left_out_col[:, None]
+        keep_v = (y0[:, None] + offsets) != left_out_row[:, None]
+        if radius is not None:  # a window shifted at the map's border holds pixels beyond that radius
+            keep_u, keep_v = keep_u & (du.abs() <= radius), keep_v & (dv.abs() <= radius)
+        used = (keep_v[:, :, None] & keep_u[:, None, :]).flatten(1).float()
+        r = len(models)
+        free = torch.stack([gaussian_fit.free_mask(m, maps.device) for m in models]).repeat_interleave(n, 0)
+        prior = torch.tensor([0, 0, 0, -0.5 / sigma**2, 0, -0.5 / sigma**2, 0.0], device=maps.device)
+        many, used = values.repeat(r, 1), used.repeat(r, 1)
+        c = gaussian_fit.log_quadratic_start(many, (start_weight * used[:n]).repeat(r, 1), prior.expand(r * n, 7),
+                                             free, mono)  # fmt: skip
+        c, cost = gaussian_fit.gauss_newton_fit(many, used, c, free, mono, iterations)
+        centre, is_peak = gaussian_fit.centre_of(c)
+        self.centre = torch.stack([x0, y0], -1).float() + side // 2 + centre.view(r, n, 2)
+        self.cost = torch.where(is_peak, cost, torch.inf).view(r, n)
+        self.dof = free.sum(-1).view(r, n).float()
+        self.pixels = used.sum(-1).view(r, n)
+
+
+def _select(cost: Tensor, dof: Tensor, pixels: Tensor, whole: int, shape_test: float, window_test: float) -> Tensor:
+    """Index of the fit kept per map, ``[B]`` int64, from the fits' residual sums of squares ``cost``,
+    parameter counts ``dof`` and pixel counts ``pixels``, all ``[R, B]``: the first ``whole`` on the whole
+    window (nested models, smallest first), then those on smaller windows (largest first).
+
+    First the model on the whole window: a larger one replaces the current where
+    ``((cost_cur - cost_new) / extra parameters) / (cost_new / (pixels - dof_new)) > shape_test``. Then the
+    window shrinks to the next radius where ``((cost_cur - cost_small) / pixels left out) / (cost_small /
+    (pixels_small - dof_small)) > window_test`` and at least 8 pixels are left out (fewer say too little
+    about a second peak, and a 4 x 4 map would otherwise shrink under noise).
+    """
+    n = cost.shape[1]
+    choice = torch.zeros(n, dtype=torch.long, device=cost.device)
+    for k in range(1, whole):
+        cur, cur_dof = cost.gather(0, choice[None])[0], dof.gather(0, choice[None])[0]
+        noise = cost[k] / (pixels[k] - dof[k]).clamp_min(1)
+        f = (cur - cost[k]) / (dof[k] - cur_dof).clamp_min(1) / noise.clamp_min(1e-30)
+        choice = torch.where(f > shape_test, k, choice)
+    shrinking = torch.full((n,), math.isfinite(shape_test), device=cost.device)  # the smaller fits' shape is free
+    for k in range(whole, len(cost)):
+        cur, cur_pixels = cost.gather(0, choice[None])[0], pixels.gather(0, choice[None])[0]
+        left_out = cur_pixels - pixels[k]
+        noise = cost[k] / (pixels[k] - dof[k]).clamp_min(1)
+        f = (cur - cost[k]) / left_out.clamp_min(1) / noise.clamp_min(1e-30)
+        shrinking = shrinking & (f > window_test) & (left_out >= 8) & (pixels[k] > dof[k])
+        choice = torch.where(shrinking, k, choice)
+    return choice
 
 
 @register("popos")
@@ -108,105 +159,78 @@ def popos(
     heatmaps: Tensor,
     *,
     sigma: float = 2.0,
-    preset: str = "popos",
-    anchors: int | None = None,
-    window: int | None = None,
-    station: str | None = None,
-    region: float | None = None,
-    samples_per_pixel: float | None = None,
-    grid_offset: float | None = None,
-    objective: str | None = None,
-    amplitude: str | None = None,
-    refine: int | None = None,
-    border_ratio: float | None = None,
+    window: int = WINDOW,
+    iterations: int = 3,
+    shape_test: float = 10.0,
+    window_test: float = 10.0,
+    border_ratio: float = 100.0,
 ) -> Tensor:
-    """POPoS decoding: ``[..., K, H, W] -> [..., K, 2]`` heatmap px (H, W >= 2).
+    """POPoS decoding, ours: ``[..., K, H, W] -> [..., K, 2]`` heatmap px (H, W >= 2).
 
-    Options left at ``None`` take the ``preset``'s value (``"popos"``: :data:`OURS`, the same at every
-    size; ``"authors"``: :func:`authors_preset`, per size).
-
-    1. ``station``: the grid centre, ``"parabola"`` (ours, :func:`parabola_station`), ``"argmax"`` (the
-       paper) or ``"keyposs"`` (the authors' code, :func:`~popos.decoders.multilateration.keyposs_station`).
-    2. anchors: the ``anchors`` largest pixels (``None``: all) of a ``window``-wide square around the
-       argmax (cut to the map, shifted to stay inside it).
-    3. the grid: ``int(region * samples_per_pixel)`` candidates per axis spanning ``region`` heatmap px,
-       centred on the station shifted by ``grid_offset`` (both axes); each is scored and the first best
-       (row-major) kept.
-    4. ``objective``: ``"ml"`` (ours, see the module docstring), ``"l2"`` (the paper's Eq. 3, squared-range
-       residuals) or ``"l1"`` (the authors' code, range residuals). ``amplitude="joint"`` solves the
-       peak amplitude (pseudo-range offset) per candidate; ``"none"`` assumes a unit peak and clips
-       ``h`` to ``[1e-9, 1]`` as the authors do (``"l1"`` supports only ``"none"``).
-    5. ``refine`` damped Gauss-Newton steps (:func:`~popos.decoders.multilateration.gauss_newton`) on the
-       same objective (``"l1"``: reweighted least squares), keeping the better point.
-    6. ``border_ratio`` (``"ml"`` only; 0: off): the border-line test of :func:`drop_border_line`, which
-       refits without a row or column on the map's border whose residuals exceed ``border_ratio`` times
-       the others' (a flip test's copied column; costs nothing under noise at the default 100).
+    ``sigma`` (heatmap px): the peak width expected, the prior of the model selection. ``window``: side of
+    the square window around the argmax that is fitted (cut to the map, shifted to stay inside it).
+    ``iterations``: Gauss-Newton steps of every fit. ``shape_test``: the F-test threshold for a free
+    covariance and a baseline (``inf``: the width is always ``sigma``, on the whole window; 0: always
+    free). ``window_test``:
+    the F-test threshold for fitting only the pixels near the argmax (``inf``: never). ``border_ratio``
+    (0: off): the border-line test's threshold (:func:`~popos.decoders.border_line.drop_border_line`).
+    See the module docstring.
 
     The result is clamped to the map plus one pixel per side; maps with no peak around the argmax
-    (:func:`~popos.decoders.base.no_peak`) give the argmax. Memory: the ``"ml"`` search and
-    refinement hold a few ``[B, window, window]`` tensors; ``"l1"``/``"l2"`` candidate x anchor tensors
-    are cut into chunks of at most :data:`~popos.decoders.popos_authors.CHUNK_ELEMENTS` elements.
+    (:func:`~popos.decoders.base.no_peak`) give the argmax.
 
     >>> from popos.codec import encode_heatmaps
-    >>> hm = 0.7 * encode_heatmaps(torch.tensor([[30.25, 3.5]]), 32)  # an under-confident peak
+    >>> hm = 0.7 * encode_heatmaps(torch.tensor([[30.25, 3.5]]), 32, sigma=2.6)  # wider than assumed
     >>> [round(v, 4) for v in popos(hm).flatten().tolist()]
     [30.25, 3.5]
     """
     check_float("sigma", sigma, 0.0, strict=True)
+    check_int("window", window, 3)
+    check_int("iterations", iterations, 0)
+    check_float("shape_test", shape_test, 0.0, infinite=True)
+    check_float("window_test", window_test, 0.0, infinite=True)
+    check_float("border_ratio", border_ratio, 0.0)
     maps = flat_maps(heatmaps, min_size=2)
     n, height, width = maps.shape
-    given = dict(anchors=anchors, window=window, station=station, region=region,
-                 samples_per_pixel=samples_per_pixel, grid_offset=grid_offset, objective=objective,
-                 amplitude=amplitude, refine=refine, border_ratio=border_ratio)  # fmt: skip
-    s = _settings(preset, height, width, given)
-    joint = s["amplitude"] == "joint"
     x, y = argmax_xy(maps)
-    if s["station"] == "argmax":
-        centre = torch.stack([x, y], -1).float()
-    elif s["station"] == "parabola":
-        centre = parabola_station(maps, x, y)
-    else:
-        centre = keyposs_station(maps, x, y, sigma)
-    steps = _grid(s["region"], s["samples_per_pixel"], s["grid_offset"], maps.device)
-    centres = centre[:, :, None] + steps  # [B, 2, n]: candidate columns (x) and rows (y)
-    cx, cy = centres[:, 0], centres[:, 1]
+    side = min(window, height, width)
+    raw, x0, y0 = window_around(maps, x, y, side)
+    top = raw.flatten(1).amax(1)
+    top = torch.where(top > 0, top, 1.0)
+    line = torch.full_like(x, -1)
+    if border_ratio > 0:
+        line = _border_line(raw / top[:, None, None], x, y, x0, y0, height, width, sigma, border_ratio)
+    common = dict(top=top, line=line, sigma=sigma, iterations=iterations)
+    fits = [_Fits(maps, x, y, side, MODELS, start_radius=START_RADIUS, **common)]
+    fits += [
+        _Fits(maps, x, y, s, ("shape",), start_radius=s, radius=s // 2, **common) for s in NEAR_WINDOWS if s < side
+    ]
+    cost, dof, pixels = (torch.cat([getattr(f, name) for f in fits]) for name in ("cost", "dof", "pixels"))
+    choice = _select(cost, dof, pixels, len(MODELS), shape_test, window_test)
+    centres = torch.cat([f.centre for f in fits])
+    p = clamp_to_map(centres.gather(0, choice[None, :, None].expand(1, n, 2))[0], height, width)
+    return unflatten(torch.where(no_peak(raw)[:, None], torch.stack([x, y], -1).float(), p), heatmaps)
 
-    if s["objective"] == "ml":
-        win = PeakWindow.around(maps, x, y, s["window"], s["anchors"])
-        per_item = steps.numel() * win.values.shape[-1] * 2
-        found = [win.grid_best(sl, centres[sl], sigma, joint) for sl in _chunks(n, per_item)]
-        best, amplitude = zip(*found, strict=True)
-        evaluate = win.evaluate(sigma)
-    else:
-        k = s["window"] ** 2 if s["anchors"] is None else s["anchors"]
-        values, coords = top_anchors(maps, x, y, k, s["window"])
-        d2 = -2 * sigma**2 * torch.log(values.clamp_min(EPS)) if joint else distance_maps(values, sigma, EPS, True)
-        if s["objective"] == "l1" and _l1_levels(steps.numel()):
-            best = [_l1_search(coords, d2, centre, steps)]
-        else:
-            per_item = steps.numel() ** 2 * coords.shape[1]
-            best = [_range_grid_scores(coords[sl], d2[sl], cx[sl], cy[sl], s["objective"], joint).flatten(1).argmin(-1)
-                    for sl in _chunks(n, per_item)]  # fmt: skip
-        evaluate = range_residuals(coords, d2, s["objective"])
-    best = torch.cat(best)  # index of the first best candidate, row-major over (y, x)
-    m = steps.numel()
-    p = torch.stack([cx.gather(1, (best % m)[:, None])[:, 0], cy.gather(1, (best // m)[:, None])[:, 0]], -1)
 
-    border = s["objective"] == "ml" and s["border_ratio"] > 0
-    if s["refine"] or border:
-        if s["objective"] == "ml":
-            third = torch.cat(amplitude).clamp_min(1e-6) if joint else torch.ones(n, device=p.device)
-        else:  # the best offset at p: the mean of d^2 - |a - p|^2 (zero when not solved)
-            third = (d2 - ((coords - p[:, None]) ** 2).sum(-1)).mean(-1) * joint
-        free = (True, True, joint)
-        theta = torch.cat([p, third[:, None]], -1)
-        # the ML cost sums moments of size ~energy, so it is only known to float32 rounding of that
-        slack = 1e-6 * win.energy if s["objective"] == "ml" else 0.0
-        if s["refine"]:
-            theta = gauss_newton(evaluate, theta, s["refine"], free=free, slack=slack)
-        if border:
-            theta = drop_border_line(win, theta, height, width, sigma, s["border_ratio"], free)
-        p = theta[:, :2]
-    p = clamp_to_map(p, height, width)
-    flat = no_peak(win.values if s["objective"] == "ml" else values)
-    return unflatten(torch.where(flat[:, None], torch.stack([x, y], -1).float(), p), heatmaps)
+def _border_line(
+    values: Tensor, x: Tensor, y: Tensor, x0: Tensor, y0: Tensor, height: int, width: int, sigma: float, ratio: float
+) -> Tensor:
+    """The map-border line of each window ``values [B, w, w]`` (peak 1, top-left pixel ``(x0, y0)``) that the
+    border-line test (:func:`~popos.decoders.border_line.drop_border_line`) leaves out: ``[B]`` int64, 0 / 1
+    the map's first / last column, 2 / 3 its first / last row, -1 none. The test judges the lines under the
+    fit of width ``sigma``, started from the log-quadratic fit of the pixels near the argmax ``(x, y)``."""
+    n, side, _ = values.shape
+    mono = gaussian_fit.Monomials(side, side, values.device)
+    col, row = x0[:, None] + (mono.u + side // 2).long(), y0[:, None] + (mono.v + side // 2).long()
+    flat = values.flatten(1)
+    near = ((col - x[:, None]).abs() <= START_RADIUS) & ((row - y[:, None]).abs() <= START_RADIUS) & (flat > 0)
+    prior = torch.tensor([0, 0, 0, -0.5 / sigma**2, 0, -0.5 / sigma**2, 0.0], device=values.device).expand(n, 7)
+    free = gaussian_fit.free_mask("width", values.device).expand(n, 7)
+    c = gaussian_fit.log_quadratic_start(flat, torch.where(near, flat * flat, 0.0), prior, free, mono)
+    centre, _ = gaussian_fit.centre_of(c)
+    amplitude = torch.exp(c[:, 0] + 0.5 * (c[:, 1] * centre[:, 0] + c[:, 2] * centre[:, 1]))
+    corner = torch.stack([x0, y0], -1).float()
+    coords = corner[:, :, None] + torch.arange(side, device=values.device)
+    theta = torch.cat([corner + side // 2 + centre, amplitude[:, None]], -1)
+    _, line = drop_border_line(PeakWindow(values, coords), theta, height, width, sigma, ratio, (True, True, True))
+    return line  # the window's line numbers; a line it leaves out lies on the map's border

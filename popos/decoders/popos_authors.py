@@ -8,9 +8,8 @@ the one whose ranges best match: the least sum of absolute range residuals ``| |
 (objective ``"l1"``). :func:`popos_authors` repeats their NumPy code's float32/float64 operations (station
 of :mod:`.multilateration`, float64 grid and costs, summed in NumPy's order), so it returns their float32
 coordinates to the bit; only the order of equal heatmap values among the top K (NumPy's unstable sort)
-is not reproduced. The grid is searched by branch and bound (:func:`_l1_search`), which also serves
-``popos(preset="authors")`` (:func:`authors_preset`: their parameters on our float32 grid). Per heatmap
-side, the anchors K and the search region come from :data:`popos.anchors.AUTHORS_SIZES`.
+is not reproduced. The grid is searched by branch and bound (:func:`_l1_search`). Per heatmap side, the
+anchors K and the search region come from :data:`popos.anchors.AUTHORS_SIZES`.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from torch import Tensor
 from popos.anchors import AUTHORS_OTHER, AUTHORS_SIZES
 from popos.decoders.base import check_float, check_int, flat_maps, no_peak, register, unflatten
 from popos.decoders.multilateration import (
-    anchor_window,
     authors_argmax,
     authors_ranges,
     authors_station,
@@ -34,45 +32,9 @@ from popos.decoders.multilateration import (
 CHUNK_ELEMENTS = 1 << 22
 
 
-def authors_preset(height: int, width: int) -> dict:
-    """The authors' settings as options of our ``popos`` (``preset="authors"``) for an ``height x width`` map.
-
-    An approximation of :func:`popos_authors` on our parts (our KeyPosS block, window anchors, float32
-    grid), for varying one of our options at a time from the authors' setting.
-
-    Their K and S come from :data:`popos.anchors.AUTHORS_SIZES` (square maps); the sampling step is ``tau = H / 128``
-    heatmap px (2 input px at a 256 input), so ``samples_per_pixel = 1 / tau`` and ``n = int(S / tau)``
-    candidates per axis spanning ``S`` (spacing ``S / (n - 1)``), shifted by ``-tau / 2``, centred on the
-    KeyPosS station; objective: sum of absolute range residuals; no amplitude handling; the grid
-    optimum is returned as is. Their anchors are the top K of the whole map, ours of a window around the
-    argmax large enough to hold them (the same set on a single peak).
-    """
-    anchors, region = AUTHORS_SIZES.get(height, AUTHORS_OTHER) if height == width else AUTHORS_OTHER
-    tau = height / 128
-    return dict(
-        anchors=anchors,
-        window=anchor_window(anchors),
-        station="keyposs",
-        region=region,
-        samples_per_pixel=1 / tau,
-        grid_offset=-tau / 2,
-        objective="l1",
-        amplitude="none",
-        refine=0,
-        border_ratio=0.0,
-    )
-
-
 def _chunks(n: int, per_item: int) -> list[slice]:
     step = max(1, CHUNK_ELEMENTS // max(per_item, 1))
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
-
-
-def _grid(region: float, samples_per_pixel: float, offset: float, device: torch.device) -> Tensor:
-    """Candidate offsets along one axis: ``int(region * samples_per_pixel)`` points spanning ``region``."""
-    n = max(1, math.floor(region * samples_per_pixel + 1e-9))
-    steps = torch.linspace(-region / 2, region / 2, n, device=device) if n > 1 else torch.zeros(1, device=device)
-    return steps + offset
 
 
 def _range_grid_scores(anchors: Tensor, d2: Tensor, cx: Tensor, cy: Tensor, objective: str, joint: bool) -> Tensor:
