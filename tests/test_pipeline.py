@@ -30,7 +30,7 @@ TINY = {
     "model": {"pretrained": None, "width": 4, "input_size": 64, "stem_width": 8, "stage1_blocks": 1, "num_blocks": 1,
               "num_modules": [1, 1, 1]},
     "train": {"epochs": 1, "batch_size": 8, "workers": 0, "device": "cpu", "eval_every": 0},
-    "decode": {"methods": ["one_hot", "igno", "popos"]},
+    "decode": {"methods": ["one_hot", "igno", "popos", "popos_authors"]},
     "evaluate": {"batch_size": 8},
     "oracle": {"heatmap_sizes": [8], "conditions": ["clean"], "num_images": 2},
     "bench": {"heatmap_sizes": [8], "batch": 2, "num_landmarks": 68, "warmup": 0, "repeats": 1},
@@ -230,7 +230,7 @@ def test_dvc_repro_then_a_decoder_knob_reruns_only_evaluation(project):
     assert jobs["train"] == 2 and jobs["train_ma_weight"] == 1 and "synth" not in jobs  # DVC's data stage made it
     report = project / "results/report"
     metrics = json.loads((report / "metrics.json").read_text())
-    assert set(metrics["nme"]["synth"]["mse_ma"]) == {"one_hot", "igno", "popos"}
+    assert set(metrics["nme"]["synth"]["mse_ma"]) == {"one_hot", "igno", "popos", "popos_authors"}
     assert (report / "fig6_synth.jpg").stat().st_size > 0
     assert "up to date" in run([str(BIN / "dvc"), "status"], project, env)
 
