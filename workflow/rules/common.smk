@@ -94,12 +94,13 @@ def eval_inputs(wildcards):
     return {**split_inputs(wildcards.dataset, "test"), "checkpoint": R.checkpoint(run)}
 
 
-def train_knobs(wildcards, ma_weight_in_name=False):
+def train_knobs(wildcards):
     """The knobs a model depends on: not where it runs, not the MA settings of an MSE-only model, not
-    the MA weight that the run's name carries."""
+    the MA weight that a sweep run's name (``mse_ma_w2``) carries."""
+    loss, _, weight_in_name = wildcards.run.partition("_w")
     drop = ["train.workers", "train.device"]
-    if wildcards.get("loss") == "mse":
+    if loss == "mse":
         drop += ["train.ma_weight", "train.ma_k", "train.ma_mask"]
-    if ma_weight_in_name:
+    if weight_in_name:
         drop.append("train.ma_weight")
     return knobs("train", "model", "augment", "data.crop_size", "data.padding", drop=drop)
