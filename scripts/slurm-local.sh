@@ -99,6 +99,7 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=$DBD_PORT
 AccountingStoragePass=$DIR/run/munge.socket
+AccountingStoreFlags=job_comment
 JobAcctGatherType=jobacct_gather/none
 MpiDefault=none
 MailProg=/bin/true
