@@ -27,6 +27,10 @@ PARTITION=local
 USER_NAME=$(id -un)
 CONF=$DIR/etc/slurm.conf
 export SLURM_CONF=$CONF
+# Snakemake's job step runs `srun` inside each job without SLURM_* variables, so the clients must also find
+# the configuration at the compiled-in path: `start` links it there, only where no file is, and `stop`
+# removes that link.
+SYSTEM_CONF=${SLURM_LOCAL_SYSTEM_CONF:-/etc/slurm/slurm.conf}
 DAEMONS=(munged mariadbd slurmdbd slurmctld slurmd)  # start order; stop goes backwards
 PACKAGES=(munge mariadb-server slurmdbd slurmctld slurmd slurm-client)
 
@@ -131,6 +135,16 @@ EOF
   chmod 600 "$DIR/etc/db.pass"
 }
 
+link_system_conf() {
+  if [[ -L $SYSTEM_CONF && $(readlink "$SYSTEM_CONF") == "$CONF" ]]; then
+    return
+  elif [[ -e $SYSTEM_CONF || -L $SYSTEM_CONF ]]; then
+    die "$SYSTEM_CONF exists (another SLURM cluster's configuration): use that cluster, or move the file away"
+  fi
+  mkdir -p "$(dirname "$SYSTEM_CONF")"
+  ln -s "$CONF" "$SYSTEM_CONF" || die "cannot link $SYSTEM_CONF to $CONF (run as root)"
+}
+
 launch() {  # start daemon $1 in the foreground of its own session; record its PID
   local name=$1 port var
   read -r port var <<<"$(port_of "$name")"
@@ -151,7 +165,12 @@ launch() {  # start daemon $1 in the foreground of its own session; record its P
     slurmd) cmd=(slurmd -D -N "$NODE" -f "$CONF") ;;
   esac
   SLURM_CONF=$CONF setsid "${cmd[@]}" >>"$DIR/log/$name.out" 2>&1 </dev/null &
-  echo $! >"$DIR/run/$name.pid"
+  local pid=$!
+  echo $pid >"$DIR/run/$name.pid"
+  for ((i = 0; i < 50; i++)); do  # until setsid has become the daemon, or it has exited
+    if pid_of "$name" >/dev/null || [[ ! -d /proc/$pid ]]; then break; fi
+    sleep 0.1
+  done
 }
 
 wait_for() {  # wait_for SECONDS WHAT COMMAND...: run COMMAND until it succeeds
@@ -178,6 +197,7 @@ start() {
   PATH=$PATH:/usr/sbin:/sbin
   install_missing
   configure  # slurmdbd reads its slurmdbd.conf next to $SLURM_CONF
+  link_system_conf
   for name in "${DAEMONS[@]}"; do
     if pid=$(pid_of "$name"); then
       say "$name already runs (PID $pid)"
@@ -223,6 +243,9 @@ stop() {
     fi
     rm -f "$DIR/run/$name.pid"
   done
+  if [[ -L $SYSTEM_CONF && $(readlink "$SYSTEM_CONF") == "$CONF" ]]; then
+    rm "$SYSTEM_CONF"
+  fi
 }
 
 status() {

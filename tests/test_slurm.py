@@ -139,6 +139,7 @@ def runs(tmp_path_factory):
             first[0].terminate()
             first[0].wait(120)
     first_s = time.monotonic() - start
+    killed_checkpoint = (cluster / f"results/models/{KILLED}/checkpoint.pt").exists()
 
     start = time.monotonic()
     rerun_rc, rerun_out = _wait(_start(cluster, "rerun", env={**_env(), "SNAKEMAKE_PROFILE": PROFILE}))
@@ -146,7 +147,7 @@ def runs(tmp_path_factory):
     print(f"\nshrunk workflow: local {local_s:.0f} s; SLURM {first_s:.0f} s (one job cancelled) + rerun "
           f"{rerun_s:.0f} s")
     return {"local": local, "cluster": cluster, "killed_id": killed_id, "first": (rc, first_out),
-            "rerun": (rerun_rc, rerun_out)}
+            "killed_checkpoint": killed_checkpoint, "rerun": (rerun_rc, rerun_out)}
 
 
 def _cancel_mid_training(project: Path, proc: subprocess.Popen, out: Path, timeout: float = 600) -> str:
@@ -172,9 +173,11 @@ def _cancel_mid_training(project: Path, proc: subprocess.Popen, out: Path, timeo
 def test_a_cancelled_job_fails_the_run_clearly(runs):
     rc, out = runs["first"]
     assert rc != 0
-    assert f"SLURM-job '{runs['killed_id']}' failed, SLURM status is: 'CANCELLED'" in out
-    assert re.search(r"Error in rule train:.*?wildcards: dataset=synth, size=8, run=mse\n", out, re.S), out
-    assert not (runs["cluster"] / f"results/models/{KILLED}/checkpoint.pt").exists()  # killed before its end
+    error = re.search(r"Error in rule train:\n    message: (.*?)\n(?:    .*\n)*?    output: (\S+),", out)
+    assert error, out
+    assert error[1].startswith(f"SLURM-job '{runs['killed_id']}' failed, SLURM status is: 'CANCELLED'"), error[1]
+    assert error[2] == f"results/models/{KILLED}/checkpoint.pt"
+    assert not runs["killed_checkpoint"]  # killed before the end of its epoch
     state = _sacct([runs["killed_id"]])[runs["killed_id"]]["State"]
     assert state.startswith("CANCELLED"), state
 
