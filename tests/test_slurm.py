@@ -220,6 +220,27 @@ def test_every_job_is_a_slurm_job_with_the_profiles_resources_and_its_log_beside
     assert len(planned) == 17 and ran == planned - {("all", "")}
 
 
+@pytest.mark.parametrize("profile", ["profiles/slurm", PROFILE])
+def test_every_rule_gets_the_profiles_resources(profile, tmp_path):
+    """No cluster needed: a dry run with the profile gives each job its rule's resources from the profile
+    (a rule renamed in the workflow but not in the profile would silently lose them)."""
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        pytest.skip("snakemake-executor-plugin-slurm is not installed (pip install -e '.[slurm]')")
+    project = _project(tmp_path / "proj")
+    dry = subprocess.run([str(BIN / "snakemake"), "-n", "--profile", profile, *CONFIG], cwd=project,
+                         env={**_env(), "PYTHONPATH": str(project)}, text=True, capture_output=True)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    config = yaml.safe_load((ROOT / profile / "config.yaml").read_text())
+    jobs = {}
+    for rule, resources in re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", dry.stdout, re.M):
+        jobs.setdefault(rule, []).append(dict(r.split("=", 1) for r in resources.split(", ")))
+    assert set(config["set-resources"]) <= set(jobs), "the profile names rules the workflow lacks"
+    for rule, resources in jobs.items():
+        want = {**config["default-resources"], **config["set-resources"].get(rule, {})}
+        for got in resources:
+            assert {k: got.get(k) for k in want} == {k: str(v) for k, v in want.items()}, rule
+
+
 def test_the_report_equals_the_local_run(runs):
     cluster, local = runs["cluster"] / "results/report", runs["local"] / "results/report"
     for name in SAME_NUMBERS:
