@@ -5,14 +5,15 @@
 #   scripts/slurm-local.sh start    # install what is missing (apt, as root), configure, start, wait for the node
 #   scripts/slurm-local.sh status   # the daemons and the node
 #   scripts/slurm-local.sh stop     # cancel the cluster's jobs, stop exactly the daemons `start` started
-#   export SLURM_CONF=$PWD/.slurm-local/etc/slurm.conf   # then sinfo, sbatch, sacct, Snakemake find it
 #
-# Everything (configuration, munge key, database, state, logs, PID files) lives in $SLURM_LOCAL_DIR
-# (default .slurm-local/ in the repository): no system file is written. The daemons run as the calling
-# user (SLURM needs root for slurmd to run jobs as other users; here every job is the caller's):
-# munged, MariaDB, slurmdbd (accounting: Snakemake's SLURM executor follows jobs with sacct), slurmctld and
-# slurmd, on 127.0.0.1, with proctrack/linuxproc, task/none and select/cons_tres over the CPUs and memory
-# that `slurmd -C` finds. Ports: SLURM_LOCAL_{CTLD,SLURMD,DBD,DB}_PORT (default 6817, 6818, 6819, 6820).
+# Its files (configuration, munge key, database, state, logs, PID files) live in $SLURM_LOCAL_DIR (default
+# .slurm-local/ in the repository). The one file outside: a link /etc/slurm/slurm.conf -> its slurm.conf,
+# made only where no such file is (the SLURM commands inside jobs look there) and removed by `stop`.
+# The daemons run as the calling user (root here; slurmd needs root to run other users' jobs): munged,
+# MariaDB, slurmdbd (job accounting, for sacct), slurmctld and slurmd, on 127.0.0.1, with proctrack/linuxproc,
+# task/none and select/cons_tres over the CPUs and memory that `slurmd -C` finds. Ports:
+# SLURM_LOCAL_{CTLD,SLURMD,DBD,DB}_PORT (default 6817, 6818, 6819, 6820), read when $SLURM_LOCAL_DIR is
+# first configured.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,9 +28,7 @@ PARTITION=local
 USER_NAME=$(id -un)
 CONF=$DIR/etc/slurm.conf
 export SLURM_CONF=$CONF
-# Snakemake's job step runs `srun` inside each job without SLURM_* variables, so the clients must also find
-# the configuration at the compiled-in path: `start` links it there, only where no file is, and `stop`
-# removes that link.
+# Snakemake's job step runs `srun` inside each job without SLURM_* variables: it reads the compiled-in path.
 SYSTEM_CONF=${SLURM_LOCAL_SYSTEM_CONF:-/etc/slurm/slurm.conf}
 DAEMONS=(munged mariadbd slurmdbd slurmctld slurmd)  # start order; stop goes backwards
 PACKAGES=(munge mariadb-server slurmdbd slurmctld slurmd slurm-client)
@@ -146,11 +145,7 @@ link_system_conf() {
 }
 
 launch() {  # start daemon $1 in the foreground of its own session; record its PID
-  local name=$1 port var
-  read -r port var <<<"$(port_of "$name")"
-  if [[ -n $port ]] && port_taken "$port"; then
-    die "port $port (for $name) is taken by another process: stop that process or set $var"
-  fi
+  local name=$1
   local cmd
   case $name in
     munged) cmd=(munged --foreground --force --key-file="$DIR/etc/munge.key" --socket="$DIR/run/munge.socket"
@@ -197,6 +192,13 @@ start() {
   PATH=$PATH:/usr/sbin:/sbin
   install_missing
   configure  # slurmdbd reads its slurmdbd.conf next to $SLURM_CONF
+  for name in "${DAEMONS[@]}"; do  # every port first, so that a taken one stops the start before any daemon
+    local port var
+    read -r port var <<<"$(port_of "$name")"
+    if ! pid_of "$name" >/dev/null && [[ -n $port ]] && port_taken "$port"; then
+      die "port $port (for $name) is taken by another process: stop that process, or set $var (then remove $DIR)"
+    fi
+  done
   link_system_conf
   for name in "${DAEMONS[@]}"; do
     if pid=$(pid_of "$name"); then
@@ -219,7 +221,7 @@ start() {
   fi
   wait_for 90 "node $NODE (idle)" node_idle
   say "cluster $CLUSTER is up: node $NODE idle in partition $PARTITION"
-  say "use it with: export SLURM_CONF=$CONF"
+  say "SLURM commands find it through $SYSTEM_CONF (or SLURM_CONF=$CONF)"
 }
 
 stop() {

@@ -70,7 +70,8 @@ def _cluster_or_skip() -> None:
     except subprocess.TimeoutExpired:
         missing("sinfo did not answer in 30 s: no SLURM cluster running (scripts/slurm-local.sh start)")
     if proc.returncode or not {"idle", "mixed", "allocated"} & set(proc.stdout.split()):
-        missing(f"no SLURM node ready ({(proc.stderr or proc.stdout).strip() or 'no nodes'}): "
+        said = (proc.stderr or proc.stdout).strip().splitlines()
+        missing(f"no SLURM node ready ({said[-1] if said else 'no nodes'}): "
                 "start a local cluster with scripts/slurm-local.sh start")
 
 
