@@ -100,13 +100,14 @@ def eval_inputs(wildcards):
     return {**split_inputs(wildcards.dataset, "test"), "checkpoint": weights}
 
 
-def train_knobs(wildcards, ma_weight_in_name=False):
+def train_knobs(wildcards):
     """The knobs a model depends on: not where it runs, not the MA settings of an MSE-only model, not
-    the MA weight that the run's name carries."""
+    the MA weight that a sweep run's name (``mse_ma_w2``) carries."""
+    loss, _, weight_in_name = wildcards.run.partition("_w")
     drop = ["train.workers", "train.device", "train.per_dataset", "augment.per_dataset"]  # applied below
-    if wildcards.get("loss") in ("mse", "mse_biased"):
+    if loss in ("mse", "mse_biased"):
         drop += ["train.ma_weight", "train.ma_k", "train.ma_mask", "train.ma_anchors"]
-    if ma_weight_in_name:
+    if weight_in_name:
         drop.append("train.ma_weight")
     out = json.loads(knobs("model", "data.crop_size", "data.padding"))
     for name in ("train", "augment"):  # as this dataset's model sees them

@@ -18,6 +18,7 @@ rule evaluate:
     params:
         out=lambda wc, output: Path(output.summary).parent,
         knobs=knobs("decode", "evaluate", drop=["evaluate.save_heatmaps"]),
+        keep_heatmaps="",
     resources:
         gpu=1,
     log:
@@ -25,13 +26,12 @@ rule evaluate:
     benchmark:
         R.root / "benchmarks" / "evaluate" / "{dataset}_{size}_{run}.tsv"
     shell:
-        "popos evaluate {PARAMS_ARGS} --checkpoint {input.checkpoint} --out {params.out} > {log} 2>&1"
+        "popos evaluate {PARAMS_ARGS} {params.keep_heatmaps} --checkpoint {input.checkpoint} --out {params.out} "
+        "> {log} 2>&1"
 
 
-rule evaluate_keep_heatmaps:
-    input:
-        unpack(eval_inputs),
-        code=EVAL_CODE,
+# The same job for the sweep's model, with one more output (a rule's outputs cannot depend on its wildcards).
+use rule evaluate as evaluate_keep_heatmaps with:
     output:
         **eval_outputs("{dataset}_{size}_{run}", ["heatmaps.npz"]),
     wildcard_constraints:
@@ -39,14 +39,4 @@ rule evaluate_keep_heatmaps:
         size=str(P.sweeps.heatmap_size),
         run=P.sweeps.loss,
     params:
-        out=lambda wc, output: Path(output.summary).parent,
-        knobs=knobs("decode", "evaluate", drop=["evaluate.save_heatmaps"]),
-    resources:
-        gpu=1,
-    log:
-        R.root / "logs" / "evaluate" / "{dataset}_{size}_{run}.log",
-    benchmark:
-        R.root / "benchmarks" / "evaluate" / "{dataset}_{size}_{run}.tsv"
-    shell:
-        "popos evaluate {PARAMS_ARGS} --set evaluate.save_heatmaps=true --checkpoint {input.checkpoint} "
-        "--out {params.out} > {log} 2>&1"
+        keep_heatmaps="--set evaluate.save_heatmaps=true",

@@ -1,5 +1,5 @@
 # Figure 5: POPoS's knobs re-decoded on one model's saved heatmaps (no model run); the MA-weight sweep is
-# made of trained models (rules train / train_ma_weight) and read by the report.
+# made of trained models (rule train) and read by the report.
 
 
 rule sweep_decoders:
