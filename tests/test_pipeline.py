@@ -176,7 +176,7 @@ def test_dry_run_of_the_demo_and_code_inputs(project):
     ("bad", "message"),
     [
         ({"decode": {"popos": {"bogus": 1}}}, r"decode\.popos\.bogus: Extra inputs"),
-        ({"decode": {"popos": {"anchors": 2}}}, r"decode\.popos: anchors must be an integer >= 3"),
+        ({"decode": {"popos": {"window": 2}}}, r"decode\.popos: window must be an integer >= 3"),
         ({"model": {"input_size": 64}}, r"grid\.heatmap_sizes: input_size 64 must be a multiple of 128"),
         ({"train": {"sigma": float("inf")}}, r"train\.sigma: Input should be a finite number"),
     ],
