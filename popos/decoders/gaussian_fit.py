@@ -80,12 +80,13 @@ def log_quadratic_start(values: Tensor, weight: Tensor, start: Tensor, free: Ten
     """
     logs = torch.log(values.clamp_min(1e-30))
     free6 = free[:, :6]
-    target = logs - torch.where(free6, 0.0, start[:, :6]) @ mono.phi.T  # ln h less the fixed parameters' part
+    fixed = torch.where(free6, 0.0, start[:, :6])
+    target = torch.addmm(logs, fixed, mono.phi.T, alpha=-1)  # ln h less the fixed parameters' part
     normal = (weight @ mono.outer).view(-1, 6, 6)
-    rhs = (weight * target) @ mono.phi
-    both = free6[:, :, None] & free6[:, None, :]
-    normal = torch.where(both, normal, torch.eye(6, device=values.device))
-    rhs = torch.where(free6, rhs, 0.0)
+    rhs = (weight * target) @ mono.phi * free6
+    both = (free6[:, :, None] & free6[:, None, :]).float()
+    # a fixed parameter gets an identity row and column and a zero right-hand side, so a zero step
+    normal = torch.addcmul(torch.eye(6, device=values.device) * (1 - both), normal, both)
     theta, info = torch.linalg.solve_ex(normal, rhs)
     ok = (info == 0)[:, None] & torch.isfinite(theta)
     c6 = torch.where(free6 & ok, theta, start[:, :6])

@@ -106,7 +106,7 @@ class _Fits:
         if radius is not None:  # a window shifted at the map's border holds pixels beyond that radius
             keep_u, keep_v = keep_u & (du.abs() <= radius), keep_v & (dv.abs() <= radius)
         used = (keep_v[:, :, None] & keep_u[:, None, :]).flatten(1).float()
-        start_weight = values.clamp_min(0).square() * near * used  # (a float product: torch.where is slow here)
+        start_weight = values.clamp_min(0).square() * (near & (used > 0))
         r = len(models)
         free = torch.stack([gaussian_fit.free_mask(m, device) for m in models]).repeat_interleave(n, 0)
         prior = torch.tensor([0, 0, 0, -0.5 / sigma**2, 0, -0.5 / sigma**2, 0.0], device=device)
