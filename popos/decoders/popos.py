@@ -28,6 +28,8 @@ maximum-likelihood form (the range equations mapped back through the Gaussian ar
 * **the whole float32 range**: the window is divided by its maximum before fitting.
 
 Every step runs on the whole batch with masks and fixed iteration counts (the border-line test aside).
+For speed, the width-given fit is the separable one of :mod:`popos.decoders.likelihood` (sums over rows
+and columns, 3 x 3 systems), and the smaller windows are cut from the fitted window, not from the map.
 """
 
 from __future__ import annotations
