@@ -19,6 +19,8 @@ of data-dependent branches.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -35,6 +37,12 @@ MODELS = {
 def free_mask(model: str, device: torch.device | None = None) -> Tensor:
     """Bool ``[7]``: the parameters :data:`MODELS` ``[model]`` fits."""
     return torch.tensor([p in MODELS[model] for p in PARAMETERS], device=device)
+
+
+@functools.lru_cache(maxsize=32)
+def monomials(height: int, width: int, device: torch.device) -> Monomials:
+    """The :class:`Monomials` of a ``height x width`` window, built once per shape and device."""
+    return Monomials(height, width, device)
 
 
 class Monomials:
@@ -72,27 +80,32 @@ def log_quadratic_start(values: Tensor, weight: Tensor, start: Tensor, free: Ten
     """
     logs = torch.log(values.clamp_min(1e-30))
     free6 = free[:, :6]
-    target = logs - torch.where(free6, 0.0, start[:, :6]) @ mono.phi.T  # ln h less the fixed parameters' part
+    fixed = torch.where(free6, 0.0, start[:, :6])
+    target = torch.addmm(logs, fixed, mono.phi.T, alpha=-1)  # ln h less the fixed parameters' part
     normal = (weight @ mono.outer).view(-1, 6, 6)
-    rhs = (weight * target) @ mono.phi
-    both = free6[:, :, None] & free6[:, None, :]
-    normal = torch.where(both, normal, torch.eye(6, device=values.device))
-    rhs = torch.where(free6, rhs, 0.0)
+    rhs = (weight * target) @ mono.phi * free6
+    both = (free6[:, :, None] & free6[:, None, :]).float()
+    # a fixed parameter gets an identity row and column and a zero right-hand side, so a zero step
+    normal = torch.addcmul(torch.eye(6, device=values.device) * (1 - both), normal, both)
     theta, info = torch.linalg.solve_ex(normal, rhs)
     ok = (info == 0)[:, None] & torch.isfinite(theta)
     c6 = torch.where(free6 & ok, theta, start[:, :6])
     return torch.cat([c6, start[:, 6:]], -1)
 
 
-def _evaluate(c: Tensor, values: Tensor, used: Tensor, mono: Monomials) -> tuple[Tensor, Tensor, Tensor]:
-    """Cost ``sum used (m - h)^2`` ``[B]``, ``J^T J [B, 7, 7]`` and ``J^T r [B, 7]`` at ``c [B, 7]``."""
-    g = torch.exp((c[:, :6] @ mono.phi.T).clamp_max(80.0))
-    r = (g + c[:, 6:] - values) * used
-    gu = g * used
-    quadratic, mixed, baseline = mono.jtj_tables
-    jtj = ((gu * gu) @ quadratic + gu @ mixed + used @ baseline).view(-1, 7, 7)
-    jtr = (gu * r) @ mono.jtr_tables[0] + r.sum(-1, keepdim=True) * mono.jtr_tables[1]
-    return (r * r).sum(-1), jtj, jtr
+def _evaluate(
+    c: Tensor, used_values: Tensor, used: Tensor, log_used: Tensor, baseline_jtj: Tensor, mono: Monomials
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Cost ``sum used (m - h)^2`` ``[B]``, ``J^T J [B, 7, 7]`` and ``J^T r [B, 7]`` at ``c [B, 7]``, from
+    ``used_values = used h``, ``log_used = ln used`` (0 or ``-inf``) and ``baseline_jtj = used @ table``
+    (the part of ``J^T J`` that does not depend on ``c``), all precomputed."""
+    g = torch.exp(torch.addmm(log_used, c[:, :6], mono.phi.T).clamp_max_(80.0))  # 0 on the pixels not used
+    r = torch.addcmul(g - used_values, c[:, 6:], used)
+    quadratic, mixed, _ = mono.jtj_tables
+    jtj = torch.addmm(torch.addmm(baseline_jtj, g * g, quadratic), g, mixed).view(-1, 7, 7)
+    jtr = (g * r) @ mono.jtr_tables[0]
+    jtr[:, 6] = r.sum(-1)
+    return torch.linalg.vecdot(r, r), jtj, jtr
 
 
 def gauss_newton_fit(
@@ -106,15 +119,17 @@ def gauss_newton_fit(
     [B, 7]`` and its cost ``[B]``.
     """
     eye = torch.eye(7, device=values.device)
-    both = free[:, :, None] & free[:, None, :]
-    cost, jtj, jtr = _evaluate(c, values, used, mono)
+    both = (free[:, :, None] & free[:, None, :]).float()
+    fixed_eye = eye * (1 - both)  # a fixed parameter: identity row and column, zero right-hand side
+    data = (values * used, used, torch.log(used), used @ mono.jtj_tables[2], mono)
+    cost, jtj, jtr = _evaluate(c, *data)
     lam = torch.full_like(cost, 1e-3)
     for _ in range(iterations):
-        a = jtj + lam[:, None, None] * torch.diag_embed(torch.diagonal(jtj, dim1=1, dim2=2))
-        step, info = torch.linalg.solve_ex(torch.where(both, a, eye), torch.where(free, -jtr, 0.0))
+        a = torch.addcmul(fixed_eye, jtj * both, 1 + lam[:, None, None] * eye)
+        step, info = torch.linalg.solve_ex(a, torch.where(free, -jtr, 0.0))
         step = torch.where((info == 0)[:, None] & torch.isfinite(step), step, 0.0)
         trial = c + step
-        trial_cost, trial_jtj, trial_jtr = _evaluate(trial, values, used, mono)
+        trial_cost, trial_jtj, trial_jtr = _evaluate(trial, *data)
         better = trial_cost < cost
         c = torch.where(better[:, None], trial, c)
         cost = torch.where(better, trial_cost, cost)

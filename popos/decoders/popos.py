@@ -28,6 +28,8 @@ maximum-likelihood form (the range equations mapped back through the Gaussian ar
 * **the whole float32 range**: the window is divided by its maximum before fitting.
 
 Every step runs on the whole batch with masks and fixed iteration counts (the border-line test aside).
+For speed, the width-given fit is the separable one of :mod:`popos.decoders.likelihood` (sums over rows
+and columns, 3 x 3 systems), and the smaller windows are cut from the fitted window, not from the map.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import torch
 from torch import Tensor
 
 from popos.anchors import OUR_WINDOW, our_anchors
-from popos.decoders import gaussian_fit
+from popos.decoders import gaussian_fit, likelihood
 from popos.decoders.base import (
     argmax_xy,
     check_float,
@@ -73,51 +75,47 @@ def default_anchors(heatmap_size: int) -> int:
 
 
 class _Fits:
-    """Fits of several models to the ``side x side`` window around each argmax (only its pixels within
-    Chebyshev ``radius`` of the argmax, if given): per fit ``[R, B]`` of the centre (heatmap px, ``[R, B,
-    2]``), the residual sum of squares (``inf`` where the fit is not a peak), the number of parameters and
-    of pixels used."""
+    """Fits of several models to a window ``values [B, side, side]`` (peak 1, top-left pixel ``(x0, y0)``) around
+    each argmax ``(x, y)``, on the pixels of the columns and rows marked in ``keep [B, 2, side]`` (and only those
+    within Chebyshev ``radius`` of the argmax, if given): per fit ``[R, B]`` of the centre (heatmap px, ``[R, B,
+    2]``), the residual sum of squares (``inf`` where the fit is not a peak), the number of parameters and of
+    pixels used."""
 
     def __init__(
         self,
-        maps: Tensor,
+        values: Tensor,
+        x0: Tensor,
+        y0: Tensor,
         x: Tensor,
         y: Tensor,
-        side: int,
         models: tuple[str, ...],
         *,
-        top: Tensor,
-        line: Tensor,
+        keep: Tensor,
         sigma: float,
         iterations: int,
         start_radius: int,
         radius: int | None = None,
     ):
-        n, height, width = maps.shape
-        raw, x0, y0 = window_around(maps, x, y, side)
-        values = (raw / top[:, None, None]).flatten(1)  # peak 1: the fit sees every amplitude alike
-        mono = gaussian_fit.Monomials(side, side, maps.device)
-        offsets = torch.arange(side, device=maps.device)
+        n, side, _ = values.shape
+        device = values.device
+        values = values.flatten(1)
+        mono = gaussian_fit.monomials(side, side, device)
+        offsets = torch.arange(side, device=device)
         du = (x0 - x)[:, None] + offsets  # [B, side]: each column's and row's offset from the argmax
         dv = (y0 - y)[:, None] + offsets
-        near_u, near_v = du.abs() <= start_radius, dv.abs() <= start_radius
-        near = (near_v[:, :, None] & near_u[:, None, :]).flatten(1)
-        start_weight = torch.where(near & (values > 0), values * values, 0.0)
-        # the map-border line the border-line test left out (a column or a row of the map) is used by no fit
-        left_out_col = torch.where(line == 0, 0, torch.where(line == 1, width - 1, -1))
-        left_out_row = torch.where(line == 2, 0, torch.where(line == 3, height - 1, -1))
-        keep_u = (x0[:, None] + offsets) != left_out_col[:, None]
-        keep_v = (y0[:, None] + offsets) != left_out_row[:, None]
+        near = ((dv.abs() <= start_radius)[:, :, None] & (du.abs() <= start_radius)[:, None, :]).flatten(1)
+        keep_u, keep_v = keep[:, 0], keep[:, 1]
         if radius is not None:  # a window shifted at the map's border holds pixels beyond that radius
             keep_u, keep_v = keep_u & (du.abs() <= radius), keep_v & (dv.abs() <= radius)
         used = (keep_v[:, :, None] & keep_u[:, None, :]).flatten(1).float()
+        start_weight = values.clamp_min(0).square() * (near & (used > 0))
         r = len(models)
-        free = torch.stack([gaussian_fit.free_mask(m, maps.device) for m in models]).repeat_interleave(n, 0)
-        prior = torch.tensor([0, 0, 0, -0.5 / sigma**2, 0, -0.5 / sigma**2, 0.0], device=maps.device)
-        many, used = values.repeat(r, 1), used.repeat(r, 1)
-        c = gaussian_fit.log_quadratic_start(many, (start_weight * used[:n]).repeat(r, 1), prior.expand(r * n, 7),
-                                             free, mono)  # fmt: skip
-        c, cost = gaussian_fit.gauss_newton_fit(many, used, c, free, mono, iterations)
+        free = torch.stack([gaussian_fit.free_mask(m, device) for m in models]).repeat_interleave(n, 0)
+        prior = torch.tensor([0, 0, 0, -0.5 / sigma**2, 0, -0.5 / sigma**2, 0.0], device=device)
+        if r > 1:
+            values, used, start_weight = values.repeat(r, 1), used.repeat(r, 1), start_weight.repeat(r, 1)
+        c = gaussian_fit.log_quadratic_start(values, start_weight, prior.expand(r * n, 7), free, mono)
+        c, cost = gaussian_fit.gauss_newton_fit(values, used, c, free, mono, iterations)
         centre, is_peak = gaussian_fit.centre_of(c)
         self.centre = torch.stack([x0, y0], -1).float() + side // 2 + centre.view(r, n, 2)
         self.cost = torch.where(is_peak, cost, torch.inf).view(r, n)
@@ -196,41 +194,55 @@ def popos(
     side = min(window, height, width)
     raw, x0, y0 = window_around(maps, x, y, side)
     top = raw.flatten(1).amax(1)
-    top = torch.where(top > 0, top, 1.0)
+    values = raw / torch.where(top > 0, top, 1.0)[:, None, None]  # peak 1: the fits see every amplitude alike
+    offsets = torch.arange(side, device=maps.device)
+    coords = (torch.stack([x0, y0], -1)[:, :, None] + offsets).float()  # [B, 2, side]: x of columns, y of rows
+    theta = _width_start(values, x, y, coords, sigma)
     line = torch.full_like(x, -1)
     if border_ratio > 0:
-        line = _border_line(raw / top[:, None, None], x, y, x0, y0, height, width, sigma, border_ratio)
-    common = dict(top=top, line=line, sigma=sigma, iterations=iterations)
-    fits = [_Fits(maps, x, y, side, MODELS, start_radius=START_RADIUS, **common)]
-    fits += [
-        _Fits(maps, x, y, s, ("shape",), start_radius=s, radius=s // 2, **common) for s in NEAR_WINDOWS if s < side
-    ]
-    cost, dof, pixels = (torch.cat([getattr(f, name) for f in fits]) for name in ("cost", "dof", "pixels"))
+        theta, line = drop_border_line(PeakWindow(values, coords), theta, height, width, sigma, border_ratio,
+                                       (True, True, True))  # fmt: skip
+    # [B, 2, side]: the window's columns, rows used (not the map-border line the border-line test left out)
+    first, last = offsets == 0, offsets == side - 1
+    keep = ~torch.stack([(line[:, None] == 0) & first | (line[:, None] == 1) & last,
+                         (line[:, None] == 2) & first | (line[:, None] == 3) & last], 1)  # fmt: skip
+    # the width given: the separable maximum-likelihood fit of (x, y, A)
+    win = PeakWindow(values, coords, axes=keep.float())
+    theta, _ = likelihood.fit(win, theta, sigma, iterations)
+    width_cost = ((win.residuals(theta, sigma) ** 2) * win.mask).sum((1, 2))
+    cost = [torch.where(theta[:, 2] > 0, width_cost, torch.inf)[None]]
+    dof = [torch.full_like(width_cost, 3.0)[None]]
+    pixels = [win.mask.sum((1, 2))[None]]
+    centres = [theta[None, :, :2]]
+    common = dict(keep=keep, sigma=sigma, iterations=iterations)
+    fits = [_Fits(values, x0, y0, x, y, MODELS[1:], start_radius=START_RADIUS, **common)]
+    for s in NEAR_WINDOWS:  # cut from the window, which holds every map pixel within 4 px of the argmax
+        if s < side:
+            sub, sx, sy = window_around(values, x - x0, y - y0, s)
+            sub_keep = keep.gather(2, torch.stack([sx, sy], -1)[:, :, None] + torch.arange(s, device=maps.device))
+            fits.append(_Fits(sub, x0 + sx, y0 + sy, x, y, ("shape",), keep=sub_keep, sigma=sigma,
+                              iterations=iterations, start_radius=s, radius=s // 2))  # fmt: skip
+    cost, dof, pixels = (torch.cat(parts + [getattr(f, name) for f in fits])
+                         for parts, name in ((cost, "cost"), (dof, "dof"), (pixels, "pixels")))  # fmt: skip
     choice = _select(cost, dof, pixels, len(MODELS), shape_test, window_test)
-    centres = torch.cat([f.centre for f in fits])
+    centres = torch.cat(centres + [f.centre for f in fits])
     p = clamp_to_map(centres.gather(0, choice[None, :, None].expand(1, n, 2))[0], height, width)
     return unflatten(torch.where(no_peak(raw)[:, None], torch.stack([x, y], -1).float(), p), heatmaps)
 
 
-def _border_line(
-    values: Tensor, x: Tensor, y: Tensor, x0: Tensor, y0: Tensor, height: int, width: int, sigma: float, ratio: float
-) -> Tensor:
-    """The map-border line of each window ``values [B, w, w]`` (peak 1, top-left pixel ``(x0, y0)``) that the
-    border-line test (:func:`~popos.decoders.border_line.drop_border_line`) leaves out: ``[B]`` int64, 0 / 1
-    the map's first / last column, 2 / 3 its first / last row, -1 none. The test judges the lines under the
-    fit of width ``sigma``, started from the log-quadratic fit of the pixels near the argmax ``(x, y)``."""
+def _width_start(values: Tensor, x: Tensor, y: Tensor, coords: Tensor, sigma: float) -> Tensor:
+    """The start of the fit of width ``sigma``: ``theta [B, 3] = (x, y, A)`` of the log-quadratic fit to the
+    pixels of the windows ``values [B, w, w]`` (pixel coordinates ``coords [B, 2, w]``) near the argmax ``(x,
+    y)``, weighted by ``h^2``."""
     n, side, _ = values.shape
-    mono = gaussian_fit.Monomials(side, side, values.device)
-    col, row = x0[:, None] + (mono.u + side // 2).long(), y0[:, None] + (mono.v + side // 2).long()
+    mono = gaussian_fit.monomials(side, side, values.device)
     flat = values.flatten(1)
-    near = ((col - x[:, None]).abs() <= START_RADIUS) & ((row - y[:, None]).abs() <= START_RADIUS) & (flat > 0)
+    near_x = (coords[:, 0] - x[:, None]).abs() <= START_RADIUS
+    near_y = (coords[:, 1] - y[:, None]).abs() <= START_RADIUS
+    near = (near_y[:, :, None] & near_x[:, None, :]).flatten(1)
     prior = torch.tensor([0, 0, 0, -0.5 / sigma**2, 0, -0.5 / sigma**2, 0.0], device=values.device).expand(n, 7)
     free = gaussian_fit.free_mask("width", values.device).expand(n, 7)
-    c = gaussian_fit.log_quadratic_start(flat, torch.where(near, flat * flat, 0.0), prior, free, mono)
+    c = gaussian_fit.log_quadratic_start(flat, flat.clamp_min(0).square() * near, prior, free, mono)
     centre, _ = gaussian_fit.centre_of(c)
     amplitude = torch.exp(c[:, 0] + 0.5 * (c[:, 1] * centre[:, 0] + c[:, 2] * centre[:, 1]))
-    corner = torch.stack([x0, y0], -1).float()
-    coords = corner[:, :, None] + torch.arange(side, device=values.device)
-    theta = torch.cat([corner + side // 2 + centre, amplitude[:, None]], -1)
-    _, line = drop_border_line(PeakWindow(values, coords), theta, height, width, sigma, ratio, (True, True, True))
-    return line  # the window's line numbers; a line it leaves out lies on the map's border
+    return torch.cat([coords[:, :, 0] + side // 2 + centre, amplitude[:, None]], -1)
