@@ -27,6 +27,7 @@ from popos.decoders.base import (
     clamp_to_map,
     flat_maps,
     no_peak,
+    peak,
     register,
     unflatten,
     window,
@@ -113,9 +114,8 @@ def keyposs_station(maps: Tensor, x: Tensor, y: Tensor, sigma: float) -> Tensor:
 def authors_argmax(maps: Tensor) -> tuple[Tensor, Tensor]:
     """Each map's first maximum (row-major) and mmpose's ``_get_max_preds`` of it, which the authors'
     decoders start from: two ``[B, 2]`` float32 ``(x, y)``, the second ``-1`` where the maximum is not positive."""
-    n, height, width = maps.shape
-    top, idx = maps.reshape(n, height * width).max(-1)
-    xy = torch.stack([idx % width, torch.div(idx, width, rounding_mode="floor")], -1).float()
+    x, y, top, _ = peak(maps)
+    xy = torch.stack([x, y], -1).float()
     return xy, torch.where((top > 0)[:, None], xy, -1.0)
 
 
