@@ -51,3 +51,15 @@ def test_compiled_decoders_equal_eager_ones_and_do_not_recompile_per_batch(metho
     bad[0, 1, 3, 3] = float("nan")
     out = fn(bad)  # traced: no raise, NaN for that map only
     assert out[0, 1].isnan().all() and not out[0, 0].isnan().any() and not out[1:].isnan().any()
+
+
+def test_the_compile_knob_reaches_the_decoders():
+    from popos.config import load_params
+    from popos.decoders import resolve_variants
+
+    params = load_params(overrides=["decode.compile=true"])
+    variants = resolve_variants(["one_hot", "popos"], {"iterations": 3}, compile=params.decode.compile)
+    assert variants == {"one_hot": ("one_hot", {"compile": True}), "popos": ("popos", {"iterations": 3, "compile": True})}
+    assert not load_params().decode.compile  # eager by default
+    with pytest.raises(ValueError, match="no option"):
+        compiled("one_hot", window=3)  # unknown options fail at once, not at the first call

@@ -97,10 +97,13 @@ def compiled(method: str, *, sigma: float = 2.0, **options) -> Callable[[Tensor]
     return _COMPILED[key]
 
 
-def resolve_variants(names: Sequence[str], popos_options: Mapping | None = None) -> dict[str, tuple[str, dict]]:
+def resolve_variants(
+    names: Sequence[str], popos_options: Mapping | None = None, *, compile: bool = False
+) -> dict[str, tuple[str, dict]]:
     """Decoder variant names -> ``{name: (method, options)}`` from ``popos.decoders.VARIANTS``.
 
-    ``popos_options`` (params ``decode.popos``) override the options of the ``popos`` variant.
+    ``popos_options`` (params ``decode.popos``) override the options of the ``popos`` variant; ``compile``
+    (params ``decode.compile``) adds ``compile=True`` to every variant's options, for :func:`decode`.
     """
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -108,4 +111,6 @@ def resolve_variants(names: Sequence[str], popos_options: Mapping | None = None)
     out = {n: (VARIANTS[n][0], dict(VARIANTS[n][1])) for n in names}
     if "popos" in out and popos_options:
         out["popos"] = (out["popos"][0], {**out["popos"][1], **popos_options})
+    if compile:
+        out = {n: (method, {**options, "compile": True}) for n, (method, options) in out.items()}
     return out
