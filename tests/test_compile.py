@@ -59,7 +59,8 @@ def test_the_compile_knob_reaches_the_decoders():
 
     params = load_params(overrides=["decode.compile=true"])
     variants = resolve_variants(["one_hot", "popos"], {"iterations": 3}, compile=params.decode.compile)
-    assert variants == {"one_hot": ("one_hot", {"compile": True}), "popos": ("popos", {"iterations": 3, "compile": True})}
+    assert variants == {"one_hot": ("one_hot", {"compile": True}),
+                        "popos": ("popos", {"iterations": 3, "compile": True})}
     assert not load_params().decode.compile  # eager by default
     with pytest.raises(ValueError, match="no option"):
         compiled("one_hot", window=3)  # unknown options fail at once, not at the first call
