@@ -64,3 +64,15 @@ def test_the_compile_knob_reaches_the_decoders():
     assert not load_params().decode.compile  # eager by default
     with pytest.raises(ValueError, match="no option"):
         compiled("one_hot", window=3)  # unknown options fail at once, not at the first call
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", ["one_hot", "dark", "keyposs", "popos"])
+def test_compiled_decoders_equal_eager_ones_on_cuda(method):
+    points = random_points(64, 98, 256, "center", seeded_generator(0))
+    for size in (64, 4):
+        for condition in ("clean", "ampnoise", "wide", "second"):
+            maps = oracle_heatmaps(points, condition, size, sigma=2.0, generator=seeded_generator(1)).cuda()
+            eager = decode(maps, method)
+            assert torch.allclose(compiled(method)(maps), eager, atol=1e-4, rtol=0), (size, condition)
