@@ -68,7 +68,7 @@ def test_the_compile_knob_reaches_the_decoders():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("method", ["one_hot", "dark", "keyposs", "popos"])
+@pytest.mark.parametrize("method", ["one_hot", "dark", "keyposs"])
 def test_compiled_decoders_equal_eager_ones_on_cuda(method):
     points = random_points(64, 98, 256, "center", seeded_generator(0))
     for size in (64, 4):
