@@ -111,7 +111,7 @@ for path in sorted(Path(sys.argv[1]).glob("decoders-*-b*.csv")):
         wide = wide[[c for s in sizes for c in ((s, "eager"), (s, "compiled")) if c in wide.columns]]
         wide.columns = [f"{s}x{s} {m}" for s, m in wide.columns]
         compile_s = part[part.compiled].groupby("heatmap_size").compile_s.sum()
-        print(f"{path.name}: batch {batch}, faces/s (time / the max pass of the same run); compile s per size: "
+        print(f"{path.name}: batch {batch}, faces/s (time / the max pass of the same run; compiled columns: a second run); compile s per size: "
               f"{', '.join(f'{s}: {v:.0f}' for s, v in compile_s.items())}")
         print(wide.rename_axis(None).fillna("-").to_string() + "\n")
 EOF
