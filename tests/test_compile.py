@@ -37,6 +37,7 @@ def test_huge_finite_values_are_not_called_non_finite():
 @pytest.mark.parametrize("method", ["one_hot", "dark"])
 def test_compiled_decoders_equal_eager_ones_and_do_not_recompile_per_batch(method):
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     points = random_points(6, 5, 64, "center", seeded_generator(0))
     for condition in ("clean", "ampnoise", "wide"):
         maps = oracle_heatmaps(points, condition, 16, input_size=64, sigma=2.0, generator=seeded_generator(1))
