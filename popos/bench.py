@@ -5,7 +5,8 @@ The heatmaps are unbiased Gaussians at random points in the central part of the 
 so that iterative decoders do the work they do on network outputs. Each decoder is called ``warmup``
 times, then all are timed in ``repeats`` interleaved rounds (one call of each per round; CUDA is
 synchronised around each call), so that a shared machine's slow spells hit every decoder alike. Reported:
-the median time, and the median over rounds of the ratio to ``one_hot`` in the same round.
+the median time, and the medians over rounds of the ratios to ``one_hot`` and to the floor (one
+``flat.max(-1)`` pass over the same maps) in the same round; eager and, if asked, compiled.
 """
 
 from __future__ import annotations
@@ -23,8 +24,13 @@ from popos.device import resolve_device
 from popos.io import write_csv_atomic
 from popos.oracle import oracle_heatmaps, random_points, seeded_generator
 
-COLUMNS = ["device", "heatmap_size", "method", "batch", "ms", "ms_q1", "ms_q3", "faces_per_s", "ratio_to_one_hot"]
+COLUMNS = ["device", "heatmap_size", "method", "batch", "ms", "ms_q1", "ms_q3", "faces_per_s", "ratio_to_one_hot",
+           "compiled", "ratio_to_floor", "compile_s"]
 REFERENCE = "one_hot"
+#: the row of the hardware floor: ``flat.max(-1)`` (value and index) over the same maps, one pass
+FLOOR = "max_floor"
+#: the large batch a CUDA run adds (faces)
+CUDA_LARGE_BATCH = 1024
 
 
 def _round_times_ms(calls: dict, warmup: int, repeats: int, dev: torch.device) -> dict[str, np.ndarray]:
@@ -44,6 +50,15 @@ def _round_times_ms(calls: dict, warmup: int, repeats: int, dev: torch.device) -
     return times
 
 
+def _first_call_s(fn, dev: torch.device) -> float:
+    """Seconds of one call of ``fn`` (synchronised): for a compiled decoder's first call, its compile time."""
+    start = time.perf_counter()
+    fn()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def bench_decoders(
     device: str,
     batch: int,
@@ -58,18 +73,23 @@ def bench_decoders(
     popos_options: dict | None = None,
     seed: int = 0,
     input_size: int = 256,
+    compile: bool = False,
 ) -> pd.DataFrame:
     """Time each decoder variant on ``[batch, num_landmarks, H, H]`` heatmaps for each ``H`` in ``heatmap_sizes``.
 
     ``methods`` defaults to every variant of ``popos.decoders.VARIANTS``; ``one_hot`` is always timed too, as
     the reference of ``ratio_to_one_hot`` (the median over rounds of ``ms / ms of one_hot`` in the same round:
-    how many times slower). ``sigma`` (heatmap
-    px) and ``popos_options`` go to the decoders as in evaluation (``popos.decoders.resolve_variants``).
-    Prints the table and, with ``out``, writes it as CSV (atomically). Returns a DataFrame with the columns
-    ``COLUMNS``: ``ms`` per batch (median; ``ms_q1``, ``ms_q3``: its quartiles over the rounds),
-    ``faces_per_s = batch / ms * 1000``.
+    how many times slower), and so is the floor :data:`FLOOR` (``flat.max(-1)`` over the same maps: one pass
+    that finds every map's maximum and its index, what every decoder must at least do), the reference of
+    ``ratio_to_floor``. With ``compile`` every decoder is also timed compiled
+    (:func:`popos.decoders.compiled`; rows with ``compiled`` true, in the same rounds; ``compile_s``: their
+    first call, which compiles, untimed otherwise). On CUDA, calls are synchronised and a batch of
+    :data:`CUDA_LARGE_BATCH` faces is timed too. ``sigma`` (heatmap px) and ``popos_options`` go to the
+    decoders as in evaluation (``popos.decoders.resolve_variants``). Prints the table and, with ``out``,
+    writes it as CSV (atomically). Returns a DataFrame with the columns ``COLUMNS``: ``ms`` per batch
+    (median; ``ms_q1``, ``ms_q3``: its quartiles over the rounds), ``faces_per_s = batch / ms * 1000``.
     """
-    from popos.decoders import VARIANTS, decode, resolve_variants
+    from popos.decoders import VARIANTS, compiled, decode, resolve_variants
 
     dev = resolve_device(device)
     for name, value in (("batch", batch), ("num_landmarks", num_landmarks), ("repeats", repeats)):
@@ -84,26 +104,39 @@ def bench_decoders(
     if REFERENCE not in names:
         names.insert(0, REFERENCE)
     variants = resolve_variants(names, popos_options)
-    points = random_points(batch, num_landmarks, input_size, "center", seeded_generator(seed))
+    batches = [batch] + ([CUDA_LARGE_BATCH] if dev.type == "cuda" and batch < CUDA_LARGE_BATCH else [])
     rows = []
-    progress = tqdm(total=len(heatmap_sizes) * len(names), desc=f"bench decoders ({device})", unit="run")
-    for size in heatmap_sizes:
-        maps = oracle_heatmaps(points, "ampnoise", size, input_size=input_size, sigma=sigma,
-                               generator=seeded_generator(seed, size)).to(dev)
-        calls = {name: partial(decode, maps, variants[name][0], sigma=sigma, **variants[name][1]) for name in names}
-        times = _round_times_ms(calls, warmup, repeats, dev)
-        for name in names:
-            ms = float(np.median(times[name]))
-            q1, q3 = np.percentile(times[name], [25, 75])
-            rows.append({"device": device, "heatmap_size": size, "method": name, "batch": batch, "ms": ms,
-                         "ms_q1": float(q1), "ms_q3": float(q3),
-                         "faces_per_s": batch / ms * 1000.0,
-                         "ratio_to_one_hot": float(np.median(times[name] / times[REFERENCE]))})
-        progress.update(len(names))
+    progress = tqdm(total=len(batches) * len(heatmap_sizes) * len(names), desc=f"bench decoders ({device})",
+                    unit="run")
+    for faces in batches:
+        points = random_points(faces, num_landmarks, input_size, "center", seeded_generator(seed))
+        for size in heatmap_sizes:
+            maps = oracle_heatmaps(points, "ampnoise", size, input_size=input_size, sigma=sigma,
+                                   generator=seeded_generator(seed, size)).to(dev)
+            flat = maps.reshape(-1, size * size)
+            calls = {(FLOOR, False): partial(torch.max, flat, -1)}
+            compile_s = {}
+            for name in names:  # eager, then compiled beside it
+                method, options = variants[name]
+                calls[(name, False)] = partial(decode, maps, method, sigma=sigma, **options)
+                if compile:
+                    calls[(name, True)] = partial(compiled(method, sigma=sigma, **options), maps)
+                    compile_s[name] = _first_call_s(calls[(name, True)], dev)
+            times = _round_times_ms(calls, warmup, repeats, dev)
+            for (name, is_compiled), ms_all in times.items():
+                ms = float(np.median(ms_all))
+                q1, q3 = np.percentile(ms_all, [25, 75])
+                rows.append({"device": device, "heatmap_size": size, "method": name, "batch": faces, "ms": ms,
+                             "ms_q1": float(q1), "ms_q3": float(q3), "faces_per_s": faces / ms * 1000.0,
+                             "ratio_to_one_hot": float(np.median(ms_all / times[(REFERENCE, False)])),
+                             "compiled": is_compiled,
+                             "ratio_to_floor": float(np.median(ms_all / times[(FLOOR, False)])),
+                             "compile_s": compile_s[name] if is_compiled else float("nan")})
+            progress.update(len(names))
     progress.close()
     table = pd.DataFrame(rows, columns=COLUMNS)
-    print(f"decoder speed on {device}: batch {batch} x {num_landmarks} landmarks, "
-          f"median of {repeats} interleaved rounds")
+    print(f"decoder speed on {device}: {num_landmarks} landmarks per face, median of {repeats} interleaved rounds, "
+          f"ratios to {FLOOR} (flat.max(-1) over the same maps) and to eager {REFERENCE} in the same round")
     print(format_bench_table(table))
     if out is not None:
         write_csv_atomic(table, out)
@@ -111,11 +144,20 @@ def bench_decoders(
 
 
 def format_bench_table(table: pd.DataFrame) -> str:
-    """The benchmark as text: one line per device x size x decoder: ms per batch, faces/s, ratio to one_hot."""
+    """The benchmark as text: one line per device x batch x size x decoder (eager and, if timed, compiled side by
+    side): ms per batch, faces/s, ratio to the max floor and to eager one_hot, compile time."""
     shown = table.assign(
         ms=table.ms.map("{:.3f}".format),
         faces_per_s=table.faces_per_s.map("{:,.0f}".format),
-        ratio_to_one_hot=table.ratio_to_one_hot.map("{:.1f}x".format),
+        ratio_to_floor=table.ratio_to_floor.map("{:.2f}x".format),
+        ratio_to_one_hot=table.ratio_to_one_hot.map("{:.2f}x".format),
+        compiled=table.compiled.map({True: "compiled", False: "eager"}),
+        compile_s=table.compile_s.map(lambda s: "" if np.isnan(s) else f"{s:.1f}"),
     )
-    names = {"heatmap_size": "size", "ms": "ms/batch", "faces_per_s": "faces/s", "ratio_to_one_hot": "vs one_hot"}
-    return shown.rename(columns=names).to_string(index=False)
+    names = {"heatmap_size": "size", "compiled": "mode", "ms": "ms/batch", "faces_per_s": "faces/s",
+             "ratio_to_floor": "vs max", "ratio_to_one_hot": "vs one_hot", "compile_s": "compile s"}
+    order = ["device", "batch", "heatmap_size", "method", "compiled", "ms", "faces_per_s", "ratio_to_floor",
+             "ratio_to_one_hot", "compile_s"]
+    if not table.compiled.any():
+        order = order[:4] + order[5:-1]
+    return shown[order].rename(columns=names).to_string(index=False)

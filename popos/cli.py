@@ -169,10 +169,16 @@ def _predict(args):
     except ValueError:
         raise UserError(f"--box: expected four numbers x,y,w,h (image px), got {args.box!r}") from None
     points = predict(Path(args.image), checkpoint=Path(args.checkpoint), box=box, out=Path(args.out),
-                     method=args.method, device=args.device)
+                     method=args.method, device=args.device, compile=args.compile)
     print("landmark,x,y")
     for k, (x, y) in enumerate(points):
         print(f"{k},{x:.2f},{y:.2f}")
+
+
+def _export(args):
+    from popos.export import export_onnx
+
+    print(export_onnx(Path(args.checkpoint), args.method, Path(args.out)))
 
 
 def _add_train_eval(sub) -> None:
@@ -199,9 +205,17 @@ def _add_train_eval(sub) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--box", help="face box x,y,w,h in image px (default: the whole image)")
     p.add_argument("--method", default="popos", help="decoder variant (default: popos)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decoder (pays off for many images)")
     p.add_argument("--out", required=True, help="output PNG with the landmarks drawn")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("export", help="write a model and its decoder as one ONNX graph: images -> landmarks (input px)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--method", default="one_hot",
+                   help="decoder variant (default: one_hot; those of popos.export.EXPORTABLE export)")
+    p.add_argument("--out", required=True, help="output .onnx file (input `images` [B, 3, S, S], output `landmarks`)")
+    p.set_defaults(func=_export)
 
 
 # ---------------------------------------------------------------- oracle / bench / report
@@ -221,7 +235,7 @@ def _bench_decoders(args):
     bench_decoders(device=args.device, batch=batch, num_landmarks=p.bench.num_landmarks,
                    heatmap_sizes=p.bench.heatmap_sizes, warmup=p.bench.warmup, repeats=p.bench.repeats,
                    out=Path(args.out) if args.out else None, sigma=p.decode.sigma, popos_options=options,
-                   seed=p.bench.seed, input_size=p.model.input_size)
+                   seed=p.bench.seed, input_size=p.model.input_size, compile=args.compile or p.decode.compile)
 
 
 def _report(args):
@@ -251,6 +265,8 @@ def _add_study(sub) -> None:
     _add_params(p)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch", type=int, help="faces per batch (default: bench.batch)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the decoders compiled (torch.compile) beside eager ones (default: decode.compile)")
     p.add_argument("--out", help="CSV output")
     p.set_defaults(func=_bench_decoders)
 

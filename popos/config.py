@@ -271,6 +271,8 @@ class DecodeSection(Section):
                          "(at most the largest heatmap side)")
     popos: PoposOptions = Field(default_factory=PoposOptions,
                                 description="options of our POPoS decoder (popos.decoders.popos.popos's keywords)")
+    compile: bool = Field(default=False, description="decode with torch.compile'd decoders (popos.decoders.compiled) "
+                          "in evaluate, predict and bench; the first batch of each size compiles")
 
 
 class EvaluateSection(Section):

@@ -180,7 +180,8 @@ def evaluate(
     model = model_from_checkpoint(ckpt, dev, checkpoint)
     input_size, k = cfg["model"]["input_size"], cfg["num_landmarks"]
     flip_index = check_flip_index(cfg["flip_index"], k) if params.evaluate.flip_test else None
-    variants = resolve_variants(params.decode.methods, params.decode.popos.model_dump())
+    variants = resolve_variants(params.decode.methods, params.decode.popos.model_dump(),
+                                compile=params.decode.compile)
 
     folder = split_dir(params, cfg["dataset"], split)
     prepared = PreparedSplit.open(folder)
@@ -298,12 +299,14 @@ def predict(
     method: str = "popos",
     device: str | None = None,
     flip_test: bool = True,
+    compile: bool = False,
 ) -> np.ndarray:
     """Landmarks ``[K, 2]`` (x, y) image px for one face of an image file.
 
     ``box`` is the face box ``(x, y, w, h)`` in image px, spanning pixel centres ``x .. x + w`` (default:
     the whole image, ``(0, 0, W - 1, H - 1)``), padded as in training (``data.padding`` of the checkpoint);
-    ``method`` a decoder variant with its default options. With ``out`` the landmarks are drawn over the
+    ``method`` a decoder variant with its default options (``compile``: compiled, see
+    :func:`popos.decoders.compiled`). With ``out`` the landmarks are drawn over the
     image and saved there (PNG, atomic).
 
     Raises :class:`popos.errors.UserError` for an unreadable image, a box that is not finite and positive,
@@ -329,7 +332,8 @@ def predict(
     tensor, image_to_input = input_from_image(pixels, np.asarray(box), input_size, cfg["data"]["padding"])
     flip_index = check_flip_index(cfg["flip_index"], cfg["num_landmarks"]) if flip_test else None
     heatmaps, heatmaps_flip = forward_heatmaps(model, torch.as_tensor(tensor)[None].to(dev), flip=flip_test)
-    coords = decode_coordinates(heatmaps, heatmaps_flip, resolve_variants([method]), input_size=input_size,
+    variants = resolve_variants([method], compile=compile)
+    coords = decode_coordinates(heatmaps, heatmaps_flip, variants, input_size=input_size,
                                 sigma=cfg["train"]["sigma"], flip_index=flip_index)[method][0]
     points = apply_affine(coords, invert_affine(np.asarray(image_to_input, dtype=np.float64)))
     if out is not None:

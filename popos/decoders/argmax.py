@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from popos.decoders.base import argmax_xy, flat_maps, register, unflatten
+from popos.decoders.base import flat_maps, peak, register, unflatten
 
 
 @register("one_hot")
@@ -19,8 +19,8 @@ def one_hot(heatmaps: Tensor, *, sigma: float = 2.0) -> Tensor:  # noqa: ARG001 
     [[[1.0, 1.0]]]
     """
     maps = flat_maps(heatmaps)
-    x, y = argmax_xy(maps)
-    return unflatten(torch.stack([x, y], -1), heatmaps)
+    x, y, _, finite = peak(maps)
+    return unflatten(torch.stack([x, y], -1), heatmaps, finite)
 
 
 @register("two_hot")
@@ -37,7 +37,7 @@ def two_hot(heatmaps: Tensor, *, sigma: float = 2.0) -> Tensor:  # noqa: ARG001 
     """
     maps = flat_maps(heatmaps)
     _, height, width = maps.shape
-    x, y = argmax_xy(maps)
+    x, y, _, finite = peak(maps)
     flat = maps.reshape(maps.shape[0], -1)
 
     def shift(pos: Tensor, size: int, step: int) -> Tensor:
@@ -50,4 +50,4 @@ def two_hot(heatmaps: Tensor, *, sigma: float = 2.0) -> Tensor:  # noqa: ARG001 
         return 0.25 * torch.sign((after - before).float()[:, 0])
 
     coords = torch.stack([x + shift(x, width, 1), y + shift(y, height, width)], -1)
-    return unflatten(coords, heatmaps)
+    return unflatten(coords, heatmaps, finite)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -51,8 +51,9 @@ def register(name: str) -> Callable[[Decoder], Decoder]:
 def flat_maps(heatmaps: Tensor, min_size: int = 1) -> Tensor:
     """Check ``[..., K, H, W]`` heatmaps and view them as ``[B, H, W]`` (dtype and device unchanged).
 
-    Raises ``TypeError`` for a non-tensor or non-float dtype, ``ValueError`` for rank < 3, a side below
-    ``min_size``, or NaN/inf values (the message says how many).
+    Raises ``TypeError`` for a non-tensor or non-float dtype, ``ValueError`` for rank < 3 or a side below
+    ``min_size``. These checks read only the shape and dtype; the values are checked by :func:`peak`, in the
+    pass that finds the maximum.
     """
     if not isinstance(heatmaps, Tensor):
         raise TypeError(f"heatmaps must be a torch.Tensor [..., K, H, W], got {type(heatmaps).__name__}")
@@ -63,25 +64,70 @@ def flat_maps(heatmaps: Tensor, min_size: int = 1) -> Tensor:
     h, w = heatmaps.shape[-2:]
     if h < min_size or w < min_size:
         raise ValueError(f"heatmaps must be at least {min_size} x {min_size} for this decoder, got {h} x {w}")
-    # a float32 sum is one cheap pass and is non-finite whenever a value is; count only then (it may
-    # also overflow on huge finite values, which the count clears)
-    if heatmaps.numel() and not torch.isfinite(heatmaps.sum(dtype=torch.float32)):
-        bad = int((~torch.isfinite(heatmaps)).sum())
-        if bad:
-            raise ValueError(f"heatmaps hold {bad} non-finite values (NaN or inf) out of {heatmaps.numel()}")
     return heatmaps.reshape(math.prod(heatmaps.shape[:-2]), h, w)
 
 
-def unflatten(coords: Tensor, heatmaps: Tensor) -> Tensor:
-    """``[B, 2]`` coordinates -> ``[..., K, 2]`` float32 with the leading dims of ``heatmaps``."""
-    return coords.float().reshape(*heatmaps.shape[:-2], 2)
+def unflatten(coords: Tensor, heatmaps: Tensor, finite: Tensor | None = None) -> Tensor:
+    """``[B, 2]`` coordinates -> ``[..., K, 2]`` float32 with the leading dims of ``heatmaps``.
+
+    With ``finite`` (bool ``[B]`` from :func:`peak`, given only while compiling or exporting), maps holding a
+    NaN or an infinity get NaN coordinates; eager decoding raises for them instead.
+    """
+    coords = coords.float()
+    if finite is not None:
+        coords = torch.where(finite[:, None], coords, torch.nan)
+    return coords.reshape(*heatmaps.shape[:-2], 2)
+
+
+class Peak(NamedTuple):
+    """Each map's maximum, from one reduction: ``x``, ``y`` int64 ``[B]`` (first maximum in row-major order),
+    ``value`` ``[B]`` (the maps' dtype), and ``finite``: bool ``[B]`` (the map holds no NaN and no infinity)
+    while compiling or exporting, ``None`` in eager mode (where a map that is not finite raised)."""
+
+    x: Tensor
+    y: Tensor
+    value: Tensor
+    finite: Tensor | None
+
+
+def tracing() -> bool:
+    """True while ``torch.compile`` or ``torch.export`` traces the code: no data-dependent branches then."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+def peak(maps: Tensor) -> Peak:
+    """The maximum of each ``[B, H, W]`` map, and the maps' finiteness check, without a separate finite pass.
+
+    ``flat.max(-1)`` gives value and index in one pass (``argmax`` alone costs twice as much on CPU). A NaN
+    shows in that maximum (``max`` propagates it) and so does ``+inf``; ``-inf`` shows only in a minimum.
+    In eager mode, maps that are not all finite raise ``ValueError`` saying how many values are bad (one
+    synchronisation on CUDA); the minimum there is the whole batch's, a plain reduction much cheaper than a
+    per-map one or an ``isfinite`` pass. While compiling or exporting, a raise would be a data-dependent
+    branch: ``finite`` is returned per map instead (the compiler fuses its ``amin`` with the ``max``), and
+    :func:`unflatten` gives those maps NaN coordinates.
+    """
+    n, _, width = maps.shape
+    flat = maps.reshape(n, -1)
+    value, idx = flat.max(-1)
+    x, y = idx % width, torch.div(idx, width, rounding_mode="floor")
+    if tracing():
+        return Peak(x, y, value, torch.isfinite(value) & (flat.amin(-1) > -math.inf))
+    # NaN or +inf in a maximum, or -inf in the minimum, makes this sum non-finite; it may also overflow on
+    # huge finite values, which the count clears
+    if maps.numel() and not torch.isfinite(value.sum(dtype=torch.float32) - flat.amin().float()):
+        bad = int((~torch.isfinite(maps)).sum())
+        if bad:
+            raise ValueError(f"heatmaps hold {bad} non-finite values (NaN or inf) out of {maps.numel()}")
+    return Peak(x, y, value, None)
 
 
 def argmax_xy(maps: Tensor) -> tuple[Tensor, Tensor]:
-    """Integer ``(x, y)`` of each map's maximum, two int64 ``[B]``; ties go to the first in row-major order."""
-    w = maps.shape[-1]
-    idx = maps.reshape(maps.shape[0], -1).argmax(-1)
-    return idx % w, torch.div(idx, w, rounding_mode="floor")
+    """Integer ``(x, y)`` of each map's maximum, two int64 ``[B]``; ties go to the first in row-major order.
+
+    Checks the maps' values as :func:`peak` does.
+    """
+    found = peak(maps)
+    return found.x, found.y
 
 
 def window(maps: Tensor, cx: Tensor, cy: Tensor, side: int) -> tuple[Tensor, Tensor, Tensor]:

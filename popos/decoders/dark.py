@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from popos.decoders.base import argmax_xy, check_int, flat_maps, register, unflatten
+from popos.decoders.base import check_int, flat_maps, peak, register, unflatten
 
 # OpenCV's getGaussianKernel(size, sigma <= 0) uses these fixed binomial kernels for sizes up to 7 and a
 # sampled Gaussian with sigma = 0.3 * ((size - 1) / 2 - 1) + 0.8 above.
@@ -67,9 +67,9 @@ def dark(heatmaps: Tensor, *, sigma: float = 2.0, kernel: int = 11) -> Tensor:  
         raise ValueError(f"kernel must be odd, got {kernel}")
     maps = flat_maps(heatmaps)
     n, height, width = maps.shape
-    x, y = argmax_xy(maps)
+    x, y, _, finite = peak(maps)
     if height < 5 or width < 5:  # the stencil fits nowhere
-        return unflatten(torch.stack([x, y], -1), heatmaps)
+        return unflatten(torch.stack([x, y], -1), heatmaps, finite)
     radius = 2 + kernel // 2
     offsets = torch.arange(-radius, radius + 1, device=maps.device)
     px, py = x[:, None] + offsets, y[:, None] + offsets  # [B, P] patch columns and rows
@@ -97,4 +97,4 @@ def dark(heatmaps: Tensor, *, sigma: float = 2.0, kernel: int = 11) -> Tensor:  
     safe_det = torch.where(ok, det, torch.ones_like(det))
     step = torch.stack([-(dyy * dx - dxy * dy), -(dxx * dy - dxy * dx)], -1) / safe_det[:, None]
     step = torch.where(ok[:, None], step.clamp(-MAX_OFFSET, MAX_OFFSET), torch.zeros_like(step))
-    return unflatten(torch.stack([x, y], -1) + step, heatmaps)
+    return unflatten(torch.stack([x, y], -1) + step, heatmaps, finite)

@@ -27,7 +27,9 @@ from popos.decoders.base import (
     clamp_to_map,
     flat_maps,
     no_peak,
+    peak,
     register,
+    tracing,
     unflatten,
     window,
 )
@@ -113,9 +115,8 @@ def keyposs_station(maps: Tensor, x: Tensor, y: Tensor, sigma: float) -> Tensor:
 def authors_argmax(maps: Tensor) -> tuple[Tensor, Tensor]:
     """Each map's first maximum (row-major) and mmpose's ``_get_max_preds`` of it, which the authors'
     decoders start from: two ``[B, 2]`` float32 ``(x, y)``, the second ``-1`` where the maximum is not positive."""
-    n, height, width = maps.shape
-    top, idx = maps.reshape(n, height * width).max(-1)
-    xy = torch.stack([idx % width, torch.div(idx, width, rounding_mode="floor")], -1).float()
+    x, y, top, _ = peak(maps)
+    xy = torch.stack([x, y], -1).float()
     return xy, torch.where((top > 0)[:, None], xy, -1.0)
 
 
@@ -320,6 +321,7 @@ def squared_range_newton(anchors: Tensor, d2: Tensor, start: Tensor, iterations:
     px, py = start[:, 0].double() - sums.cx, start[:, 1].double() - sums.cy
     cost, sum_r, spx, spy = sums.cost(px, py)
     lam = torch.full_like(cost, 1e-3)
+    running = torch.ones((), dtype=torch.bool, device=cost.device)  # false once no step exceeds tol
     for _ in range(iterations):
         grad_x, grad_y = sum_r * px + 2 * spx - sums.bx, sum_r * py + 2 * spy - sums.by
         mxx, myy = 2 * (sums.sxx + sums.k * px * px), 2 * (sums.syy + sums.k * py * py)  # M
@@ -332,12 +334,13 @@ def squared_range_newton(anchors: Tensor, d2: Tensor, start: Tensor, iterations:
         dx, dy = (mxy * grad_y - ayy * grad_x) / det, (mxy * grad_x - axx * grad_y) / det
         tx, ty = px + dx, py + dy
         state = (tx, ty, *sums.cost(tx, ty))
-        better = state[2] < cost
+        better = (state[2] < cost) & running
         px, py, cost, sum_r, spx, spy = (
             torch.where(better, new, old) for new, old in zip(state, (px, py, cost, sum_r, spx, spy), strict=True)
         )
-        lam = (lam * torch.where(better, 0.1, 10.0)).clamp_min(1e-3)
-        if not bool((torch.hypot(dx, dy) > tol).any()):
+        lam = torch.where(running, (lam * torch.where(better, 0.1, 10.0)).clamp_min(1e-3), lam)
+        running = running & (torch.hypot(dx, dy) > tol).any()
+        if not tracing() and not bool(running):  # eager: stop; a graph runs on with its state frozen
             break
     return torch.stack([px + sums.cx, py + sums.cy], -1).float()
 
@@ -459,7 +462,7 @@ def authors_gauss_newton(anchors: Tensor, d: Tensor, start: Tensor, iterations: 
         dx, dy = _solve_float32(h00, h01, h11, b0, b1)
         x, y = torch.where(active, x + dx, x), torch.where(active, y + dy, y)
         last = torch.where(active, cost.double(), last)
-        if not bool(active.any()):
+        if not tracing() and not bool(active.any()):  # eager: stop; a graph runs on, changing nothing
             break
     return torch.stack([x, y], -1)
 

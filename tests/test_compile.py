@@ -1,0 +1,79 @@
+"""Decoders as graphs: the one-pass peak and its finiteness check; compiled decoders equal eager ones."""
+
+import pytest
+import torch
+
+from popos.decoders import compiled, decode
+from popos.decoders.base import peak
+from popos.oracle import oracle_heatmaps, random_points, seeded_generator
+
+
+def test_peak_is_the_first_maximum_of_one_pass():
+    maps = torch.rand(50, 7, 9)
+    maps[0] = 0.0  # all equal: the first pixel
+    maps[1, 2, 3] = maps[1, 5, 1] = 2.0  # a tie: the first in row-major order
+    x, y, value, finite = peak(maps)
+    idx = maps.reshape(50, -1).argmax(-1)
+    assert torch.equal(x, idx % 9) and torch.equal(y, idx // 9)
+    assert (x[0], y[0], x[1], y[1]) == (0, 0, 3, 2)
+    assert torch.equal(value, maps.reshape(50, -1).amax(-1)) and finite is None  # eager: raised if not finite
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("method", ["one_hot", "two_hot", "dark", "keyposs", "igno", "popos_authors", "popos"])
+def test_eager_decoders_refuse_each_kind_of_non_finite_value(method, bad):
+    hm = torch.rand(2, 3, 8, 8)
+    hm[1, 2, 4, 4] = bad  # -inf shows only in a minimum, NaN and +inf in the maximum
+    with pytest.raises(ValueError, match="1 non-finite values"):
+        decode(hm, method)
+
+
+def test_huge_finite_values_are_not_called_non_finite():
+    hm = torch.full((2, 3, 8, 8), 3e38)  # the check's float32 sum overflows; the count clears it
+    assert torch.equal(decode(hm, "one_hot"), torch.zeros(2, 3, 2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["one_hot", "dark"])
+def test_compiled_decoders_equal_eager_ones_and_do_not_recompile_per_batch(method):
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    points = random_points(6, 5, 64, "center", seeded_generator(0))
+    for condition in ("clean", "ampnoise", "wide"):
+        maps = oracle_heatmaps(points, condition, 16, input_size=64, sigma=2.0, generator=seeded_generator(1))
+        fn = compiled(method)
+        assert fn is compiled(method)  # cached
+        for batch in (6, 4, 3):  # new batch sizes reuse the graph
+            eager = decode(maps[:batch], method)
+            assert torch.allclose(fn(maps[:batch]), eager, atol=1e-4, rtol=0)
+            assert torch.allclose(decode(maps[:batch], method, compile=True), eager, atol=1e-4, rtol=0)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2  # batch 6, then one dynamic graph
+    bad = maps.clone()
+    bad[0, 1, 3, 3] = float("nan")
+    out = fn(bad)  # traced: no raise, NaN for that map only
+    assert out[0, 1].isnan().all() and not out[0, 0].isnan().any() and not out[1:].isnan().any()
+
+
+def test_the_compile_knob_reaches_the_decoders():
+    from popos.config import load_params
+    from popos.decoders import resolve_variants
+
+    params = load_params(overrides=["decode.compile=true"])
+    variants = resolve_variants(["one_hot", "popos"], {"iterations": 3}, compile=params.decode.compile)
+    assert variants == {"one_hot": ("one_hot", {"compile": True}),
+                        "popos": ("popos", {"iterations": 3, "compile": True})}
+    assert not load_params().decode.compile  # eager by default
+    with pytest.raises(ValueError, match="no option"):
+        compiled("one_hot", window=3)  # unknown options fail at once, not at the first call
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", ["one_hot", "dark", "keyposs"])
+def test_compiled_decoders_equal_eager_ones_on_cuda(method):
+    points = random_points(64, 98, 256, "center", seeded_generator(0))
+    for size in (64, 4):
+        for condition in ("clean", "ampnoise", "wide", "second"):
+            maps = oracle_heatmaps(points, condition, size, sigma=2.0, generator=seeded_generator(1)).cuda()
+            eager = decode(maps, method)
+            assert torch.allclose(compiled(method)(maps), eager, atol=1e-4, rtol=0), (size, condition)
