@@ -36,6 +36,6 @@ def test_exported_graph_equals_torch_for_any_batch(checkpoint, tmp_path, method)
 
 
 def test_decoders_that_do_not_export_are_refused_in_one_line(checkpoint, tmp_path, capsys):
-    out = tmp_path / "igno.onnx"
-    assert main(["export", "--checkpoint", str(checkpoint), "--method", "igno", "--out", str(out)]) == 2
+    out = tmp_path / "popos_authors.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint), "--method", "popos_authors", "--out", str(out)]) == 2
     assert "does not export as one graph" in capsys.readouterr().err and not out.exists()
