@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from popos.bench import FLOOR
 from popos.choices import DECODER_KNOBS
 from popos.config import Params
 from popos.layout import Layout, Run, grid_runs, ma_sweep_runs, split_dir
 
 SWEEP_COLUMNS = ["knob", "value", "nme", "nme_se", "fr", "auc"]
 BENCH_COLUMNS = ["device", "heatmap_size", "method", "batch", "ms", "ms_q1", "ms_q3", "faces_per_s",
-                 "ratio_to_one_hot"]
+                 "ratio_to_one_hot", "compiled"]
 
 
 def test_split_dir(params: Params, dataset: str) -> Path:
@@ -106,7 +107,8 @@ def check_faces(params: Params, per_image: pd.DataFrame) -> list[str]:
 
 
 def load_bench(params: Params, layout: Layout) -> pd.DataFrame:
-    """The decoder benchmark of every ``bench.devices`` (``popos bench decoders``' columns)."""
+    """The decoder benchmark of every ``bench.devices`` (``popos bench decoders``' columns): the eager
+    decoders only, as the paper's Table 2 (the ``max_floor`` pass and compiled rows stay in the CSV)."""
     frames = []
     for device in params.bench.devices:
         path = layout.bench(device)
@@ -114,7 +116,7 @@ def load_bench(params: Params, layout: Layout) -> pd.DataFrame:
         missing = [c for c in BENCH_COLUMNS if c not in table.columns]
         if missing:
             raise ValueError(f"{path}: no column(s) {missing}; re-run `popos bench decoders`")
-        frames.append(table)
+        frames.append(table[(table.method != FLOOR) & ~table.compiled.astype(bool)])
     return pd.concat(frames, ignore_index=True)
 
 
