@@ -4,7 +4,7 @@
 # eager and compiled (torch.compile: Triton kernels), against one `max(dim)` pass over the same maps; the
 # summary table comes last (faces/s and ratio to the max pass).
 #
-#   scripts/gpu-check.sh [OUT_DIR]     (default: results/benchmarks/gpu-check)
+#   scripts/gpu-check.sh [OUT_DIR]     (default: results/gpu-check)
 #
 # It needs no network and no install: on a machine that has Python with torch (CUDA), numpy, pandas, scipy,
 # opencv, h5py and matplotlib but not popos's other dependencies, it unpacks what is missing from the
@@ -24,7 +24,7 @@ cd "$(dirname "$0")/.."
 
 py=${PYTHON:-python3}
 [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && py=.venv/bin/python
-out=${1:-results/benchmarks/gpu-check}
+out=${1:-results/gpu-check}
 rehearsal=${GPU_CHECK_CPU:-0}
 export PYTHONUNBUFFERED=1
 
