@@ -69,7 +69,7 @@ write("oracle.md", "Decoding without a model (the oracle)", "popos oracle",
 PY
 
 if [ -f demo/results/report/report.md ]; then
-    rm -rf "$tmp/demo" && cp -r demo/results/report "$tmp/demo"
+    rm -rf "$tmp/demo" && cp -r demo/results/report "$tmp/demo" && rm -f "$tmp/demo/.snakemake_timestamp"
     rm -rf "$out/demo.old" && { [ ! -d "$out/demo" ] || mv "$out/demo" "$out/demo.old"; }
     mv "$tmp/demo" "$out/demo" && rm -rf "$out/demo.old"
     echo "results/demo: copied from demo/results/report"
