@@ -24,6 +24,8 @@ import functools
 import torch
 from torch import Tensor
 
+from popos.decoders.levenberg_marquardt import levenberg_marquardt
+
 #: parameters: log-amplitude, linear (u, v), quadratic (u^2, u v, v^2) and the baseline
 PARAMETERS = ("c0", "cu", "cv", "cuu", "cuv", "cvv", "b")
 #: the parameters of each model (the others stay at their start value)
@@ -111,32 +113,13 @@ def _evaluate(
 def gauss_newton_fit(
     values: Tensor, used: Tensor, c: Tensor, free: Tensor, mono: Monomials, iterations: int
 ) -> tuple[Tensor, Tensor]:
-    """Damped Gauss-Newton (Levenberg-Marquardt) on ``sum used (h - m)^2`` from ``c [B, 7]``.
+    """:func:`levenberg_marquardt` on ``sum used (h - m)^2`` from ``c [B, 7]``.
 
     ``values [B, P]``, ``used [B, P]`` (1 on the pixels fitted, 0 elsewhere), ``free [B, 7]`` bool.
-    Exactly ``iterations`` steps; a step is kept only where it lowers the cost (else the damping grows
-    tenfold, on success it drops tenfold), so the result is never worse than the start. Returns ``c
-    [B, 7]`` and its cost ``[B]``.
+    Returns ``c [B, 7]`` and its cost ``[B]``, never worse than the start's.
     """
-    eye = torch.eye(7, device=values.device)
-    both = (free[:, :, None] & free[:, None, :]).float()
-    fixed_eye = eye * (1 - both)  # a fixed parameter: identity row and column, zero right-hand side
     data = (values * used, used, torch.log(used), used @ mono.jtj_tables[2], mono)
-    cost, jtj, jtr = _evaluate(c, *data)
-    lam = torch.full_like(cost, 1e-3)
-    for _ in range(iterations):
-        a = torch.addcmul(fixed_eye, jtj * both, 1 + lam[:, None, None] * eye)
-        step, info = torch.linalg.solve_ex(a, torch.where(free, -jtr, 0.0))
-        step = torch.where((info == 0)[:, None] & torch.isfinite(step), step, 0.0)
-        trial = c + step
-        trial_cost, trial_jtj, trial_jtr = _evaluate(trial, *data)
-        better = trial_cost < cost
-        c = torch.where(better[:, None], trial, c)
-        cost = torch.where(better, trial_cost, cost)
-        jtj = torch.where(better[:, None, None], trial_jtj, jtj)
-        jtr = torch.where(better[:, None], trial_jtr, jtr)
-        lam = (lam * torch.where(better, 0.1, 10.0)).clamp(1e-7, 1e7)
-    return c, cost
+    return levenberg_marquardt(lambda theta: _evaluate(theta, *data), c, iterations, free)
 
 
 def centre_of(c: Tensor) -> tuple[Tensor, Tensor]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from popos.decoders.levenberg_marquardt import levenberg_marquardt
+
 # [i, j] = y power i, x power j (flattened i * 3 + j) -> the order (ux, uy, 1) x (ux, uy, 1)
 _GN_LAYOUT = [2, 4, 1, 4, 6, 3, 1, 3, 0]
 
@@ -81,23 +83,8 @@ class PeakWindow:
 
 
 def fit(win: PeakWindow, theta: Tensor, sigma: float, iterations: int) -> tuple[Tensor, Tensor]:
-    """Damped Gauss-Newton (Levenberg-Marquardt) on the window's objective from ``theta [B, 3] = (x, y, A)``.
+    """:func:`levenberg_marquardt` on the window's objective from ``theta [B, 3] = (x, y, A)``.
 
-    Exactly ``iterations`` steps; a step is kept only where it lowers the cost (the damping then drops
-    tenfold, else it grows tenfold), so the result is never worse than the start. Returns ``theta [B, 3]``
-    and its residual sum of squares ``[B]``.
+    Returns ``theta [B, 3]`` and its residual sum of squares ``[B]``, never worse than the start's.
     """
-    evaluate = win.evaluate(sigma)
-    cost, jtj, jtr = evaluate(theta)
-    lam = torch.full_like(cost, 1e-3)
-    for _ in range(iterations):
-        step, info = torch.linalg.solve_ex(jtj + lam[:, None, None] * torch.diag_embed(jtj.diagonal(0, 1, 2)), -jtr)
-        trial = theta + torch.where((info == 0)[:, None] & torch.isfinite(step), step, 0.0)
-        trial_cost, trial_jtj, trial_jtr = evaluate(trial)
-        better = trial_cost < cost
-        theta = torch.where(better[:, None], trial, theta)
-        cost = torch.where(better, trial_cost, cost)
-        jtj = torch.where(better[:, None, None], trial_jtj, jtj)
-        jtr = torch.where(better[:, None], trial_jtr, jtr)
-        lam = (lam * torch.where(better, 0.1, 10.0)).clamp(1e-7, 1e7)
-    return theta, cost
+    return levenberg_marquardt(win.evaluate(sigma), theta, iterations)
