@@ -2,12 +2,12 @@
 what each sets and the jobs a dry run of each lists."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from project_copy import copy_project
 
 from popos.config import load_params
 
@@ -66,14 +66,7 @@ def _jobs(project: Path, *configfiles: Path) -> tuple[dict[str, int], str]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
-    for name in ("popos", "workflow", "config", "params.yaml", "dvc.yaml"):
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, root / name)
-    return root
+    return copy_project(tmp_path_factory.mktemp("project"), ["popos", "workflow", "config", "params.yaml", "dvc.yaml"])
 
 
 @pytest.mark.parametrize("configs", [PAPER, AUTHORS, DEMO], ids=["paper", "authors", "demo"])

@@ -4,7 +4,6 @@ the DVC stages, and one real `dvc repro` of a tiny config followed by a decoder-
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import typing
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from project_copy import copy_project
 
 from popos.config import DatasetName, Params, ParamsError, load_params
 from popos.data.registry import DATASETS
@@ -70,15 +70,7 @@ def job_stats(text: str) -> dict[str, int]:
 @pytest.fixture
 def project(tmp_path):
     """A copy of the code, workflow and params, to run Snakemake / DVC in without touching the repo."""
-    dst = tmp_path / "proj"
-    dst.mkdir()
-    for name in COPY:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst / name)
-    return dst
+    return copy_project(tmp_path / "proj", COPY)
 
 
 def dry_run(project: Path, *configfiles: str) -> str:

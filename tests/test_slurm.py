@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from project_copy import copy_project
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -76,13 +77,7 @@ def _cluster_or_skip() -> None:
 
 
 def _project(dst: Path) -> Path:
-    dst.mkdir()
-    for name in COPY:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst / name)
+    copy_project(dst, COPY)
     (dst / "shrink.yaml").write_text(yaml.safe_dump(SHRINK, sort_keys=False))
     return dst
 

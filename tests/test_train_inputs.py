@@ -2,13 +2,13 @@
 benchmark, sweeps and report, and no training job; a change of the anchor table (the MA loss's K) retrains."""
 
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from project_copy import copy_project
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -47,12 +47,7 @@ def _edit(path: Path) -> None:
 
 @pytest.mark.slow
 def test_decoder_edit_reruns_no_training_and_anchor_edit_does(tmp_path):
-    project = tmp_path / "project"
-    for name in COPY:
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, project / name,
-                                                            **({"ignore": shutil.ignore_patterns("__pycache__")}
-                                                               if src.is_dir() else {}))
+    project = copy_project(tmp_path / "project", COPY)
     # every output of the demo's DAG, as if computed: empty files (folders for directory outputs), then --touch
     summary = _snakemake(project, "--summary").splitlines()
     header = next(i for i, line in enumerate(summary) if line.startswith("output_file"))
