@@ -4,25 +4,31 @@ import pytest
 import torch
 
 from popos.decoders import compiled, decode
-from popos.decoders.base import peak
+from popos.decoders.base import peak, peak_xy
 from popos.oracle import oracle_heatmaps, random_points, seeded_generator
 
 
-def test_peak_is_the_first_maximum_of_one_pass():
-    maps = torch.rand(50, 7, 9)
+@pytest.mark.parametrize("shape", [(7, 9), (32, 32), (48, 64)])  # one pass; in segments from 32 x 32 on
+def test_peak_is_the_first_maximum_of_one_pass(shape):
+    h, w = shape
+    maps = torch.rand(50, h, w)
     maps[0] = 0.0  # all equal: the first pixel
-    maps[1, 2, 3] = maps[1, 5, 1] = 2.0  # a tie: the first in row-major order
+    maps[1, 2, 3] = maps[1, 5, 1] = 2.0  # a tie: the first in row-major order (segments apart at 32 x 32)
+    maps[2, 0, 5] = maps[2, 0, 6] = 2.0  # a tie within a segment
     x, y, value, finite = peak(maps)
     idx = maps.reshape(50, -1).argmax(-1)
-    assert torch.equal(x, idx % 9) and torch.equal(y, idx // 9)
-    assert (x[0], y[0], x[1], y[1]) == (0, 0, 3, 2)
+    assert torch.equal(x, idx % w) and torch.equal(y, idx // w)
+    assert (x[0], y[0], x[1], y[1], x[2], y[2]) == (0, 0, 3, 2, 5, 0)
     assert torch.equal(value, maps.reshape(50, -1).amax(-1)) and finite is None  # eager: raised if not finite
+    xy, finite = peak_xy(maps)
+    assert torch.equal(xy, torch.stack([x, y], -1).float()) and finite is None
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 @pytest.mark.parametrize("method", ["one_hot", "two_hot", "dark", "keyposs", "igno", "popos_authors", "popos"])
-def test_eager_decoders_refuse_each_kind_of_non_finite_value(method, bad):
-    hm = torch.rand(2, 3, 8, 8)
+@pytest.mark.parametrize("size", [8, 32])
+def test_eager_decoders_refuse_each_kind_of_non_finite_value(method, bad, size):
+    hm = torch.rand(2, 3, size, size)
     hm[1, 2, 4, 4] = bad  # -inf shows only in a minimum, NaN and +inf in the maximum
     with pytest.raises(ValueError, match="1 non-finite values"):
         decode(hm, method)

@@ -48,11 +48,20 @@ def _bound(method: str, sigma: float, options: dict) -> Callable[[Tensor], Tenso
         raise ValueError(f"unknown decoder {method!r}; available: {', '.join(VARIANTS)}")
     name, preset = VARIANTS[method]
     fn = METHODS[name]
-    allowed = [p for p, v in inspect.signature(fn).parameters.items() if v.kind is v.KEYWORD_ONLY and p != "sigma"]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"decoder {method!r} has no option(s) {unknown}; valid: {', '.join(allowed) or 'none'}")
-    return functools.partial(fn, sigma=sigma, **{**preset, **options})
+    if options:
+        allowed = _options(fn)
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ValueError(f"decoder {method!r} has no option(s) {unknown}; valid: {', '.join(allowed) or 'none'}")
+        preset = {**preset, **options}
+    return functools.partial(fn, sigma=sigma, **preset)
+
+
+@functools.cache
+def _options(fn: Callable) -> tuple[str, ...]:
+    """The options a registered decoder takes: its keyword-only parameters but ``sigma`` (looking them up
+    costs more than decoding a small batch, hence the cache)."""
+    return tuple(p for p, v in inspect.signature(fn).parameters.items() if v.kind is v.KEYWORD_ONLY and p != "sigma")
 
 
 def decode(heatmaps: Tensor, method: str, *, sigma: float = 2.0, compile: bool = False, **options) -> Tensor:

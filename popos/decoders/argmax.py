@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from popos.decoders.base import flat_maps, peak, register, unflatten
+from popos.decoders.base import flat_maps, peak, peak_xy, register, unflatten
 
 
 @register("one_hot")
@@ -18,9 +18,8 @@ def one_hot(heatmaps: Tensor, *, sigma: float = 2.0) -> Tensor:  # noqa: ARG001 
     >>> one_hot(torch.eye(3)[None, None] * torch.tensor([1.0, 2.0, 1.0])).tolist()  # max at (1, 1)
     [[[1.0, 1.0]]]
     """
-    maps = flat_maps(heatmaps)
-    x, y, _, finite = peak(maps)
-    return unflatten(torch.stack([x, y], -1), heatmaps, finite)
+    xy, finite = peak_xy(flat_maps(heatmaps))
+    return unflatten(xy, heatmaps, finite)
 
 
 @register("two_hot")
