@@ -326,7 +326,8 @@ def squared_range_newton(anchors: Tensor, d2: Tensor, start: Tensor, iterations:
         grad_x, grad_y = sum_r * px + 2 * spx - sums.bx, sum_r * py + 2 * spy - sums.by
         mxx, myy = 2 * (sums.sxx + sums.k * px * px), 2 * (sums.syy + sums.k * py * py)  # M
         mxy = 2 * (sums.sxy + sums.k * px * py)
-        smallest = 0.5 * (mxx + myy) - torch.hypot(0.5 * (mxx - myy), mxy)  # its smallest eigenvalue
+        half_gap = 0.5 * (mxx - myy)  # (sqrt of a sum of squares: torch.hypot does not export to ONNX)
+        smallest = 0.5 * (mxx + myy) - (half_gap * half_gap + mxy * mxy).sqrt()  # its smallest eigenvalue
         shift = sum_r + 2 * (-(smallest + sum_r)).clamp_min(0) + lam * smallest  # H + mu I = M + shift I
         axx, ayy = mxx + shift, myy + shift
         det = axx * ayy - mxy * mxy  # the matrix is positive semi-definite by construction
@@ -339,7 +340,7 @@ def squared_range_newton(anchors: Tensor, d2: Tensor, start: Tensor, iterations:
             torch.where(better, new, old) for new, old in zip(state, (px, py, cost, sum_r, spx, spy), strict=True)
         )
         lam = torch.where(running, (lam * torch.where(better, 0.1, 10.0)).clamp_min(1e-3), lam)
-        running = running & (torch.hypot(dx, dy) > tol).any()
+        running = running & (dx * dx + dy * dy > tol * tol).any()
         if not tracing() and not bool(running):  # eager: stop; a graph runs on with its state frozen
             break
     return torch.stack([px + sums.cx, py + sums.cy], -1).float()
