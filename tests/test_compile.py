@@ -60,6 +60,21 @@ def test_compiled_decoders_equal_eager_ones_and_do_not_recompile_per_batch(metho
     assert out[0, 1].isnan().all() and not out[0, 0].isnan().any() and not out[1:].isnan().any()
 
 
+@pytest.mark.slow
+def test_compiled_decoders_keep_compiling_past_torchs_recompile_limit(monkeypatch):
+    import popos.decoders
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    monkeypatch.setattr(popos.decoders, "_COMPILED", {})
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+    for method, size in (("one_hot", 8), ("two_hot", 8), ("one_hot", 5)):  # a shared function: 3 graphs > 2
+        maps = torch.rand(3, 2, size, size)
+        assert torch.equal(compiled(method)(maps), decode(maps, method))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 3  # none fell back to eager
+    assert torch._dynamo.config.recompile_limit >= popos.decoders.RECOMPILE_LIMIT
+
+
 def test_the_compile_knob_reaches_the_decoders():
     from popos.config import load_params
     from popos.decoders import resolve_variants

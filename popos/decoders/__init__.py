@@ -78,6 +78,9 @@ def decode(heatmaps: Tensor, method: str, *, sigma: float = 2.0, compile: bool =
 
 #: (method, sigma, options) -> compiled decoder, filled by :func:`compiled`
 _COMPILED: dict[tuple, Callable[[Tensor], Tensor]] = {}
+#: graphs torch.compile may keep per decoder function (torch's default, 8, is less than 5 map sizes x
+#: 2 variants x batch 1 or not; past it, calls silently run eager)
+RECOMPILE_LIMIT = 64
 
 
 def compiled(method: str, *, sigma: float = 2.0, **options) -> Callable[[Tensor], Tensor]:
@@ -89,18 +92,25 @@ def compiled(method: str, *, sigma: float = 2.0, **options) -> Callable[[Tensor]
     a new device or size compiles (seconds on CPU). The eager decoders (:func:`decode`) stay the reference;
     where a map holds a NaN or an infinity the compiled ones return NaN coordinates for it instead of
     raising (:func:`popos.decoders.base.peak`), except decoders that do not pass the check on.
+    Raises ``torch._dynamo.config.recompile_limit`` to at least :data:`RECOMPILE_LIMIT`.
     """
-    fn = _bound(method, sigma, options)  # unknown names and options fail here, not at the first call
+    _bound(method, sigma, options)  # unknown names and options fail here, not at the first call
     key = (method, float(sigma), tuple(sorted(options.items())))
     if key not in _COMPILED:
-        graph = torch.compile(fn)
+        name, preset = VARIANTS[method]
+        eager = METHODS[name]
+        # the decoder itself, not a partial or the registry's wrapper: torch.compile counts graphs per
+        # function, and those are shared by every method
+        graph = torch.compile(eager.__wrapped__)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+        kwargs = {"sigma": sigma, **preset, **options}
 
         def run(heatmaps: Tensor) -> Tensor:
             if not isinstance(heatmaps, Tensor) or heatmaps.ndim < 3 or heatmaps.numel() == 0:
-                return fn(heatmaps)  # the eager decoder's errors and empty result
+                return eager(heatmaps, **kwargs)  # the eager decoder's errors and empty result
             maps = heatmaps.reshape(-1, *heatmaps.shape[-2:])
             torch._dynamo.maybe_mark_dynamic(maps, 0)
-            return graph(maps).reshape(*heatmaps.shape[:-2], 2)
+            return graph(maps, **kwargs).reshape(*heatmaps.shape[:-2], 2)
 
         _COMPILED[key] = run
     return _COMPILED[key]
