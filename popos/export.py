@@ -20,11 +20,14 @@ from popos.errors import UserError
 from popos.geometry import stride
 from popos.io import atomic_path
 
-#: decoders that export as one graph; ``igno`` unrolls its 30 anchors x 20 steps (minutes to export). The
-#: others do not: ``igno_damped`` uses ``torch.hypot``, which torch's ONNX exporter cannot translate;
-#: ``popos`` (ours) and ``popos_authors`` select pixels or candidates by data-dependent counts
-#: (``nonzero`` and branches on its size; see :func:`export_onnx`)
-EXPORTABLE = ("one_hot", "two_hot", "dark", "keyposs", "keyposs_peak", "igno")
+#: decoders that export as one graph (``igno`` unrolls its 20 steps: slow to export)
+EXPORTABLE = ("one_hot", "two_hot", "dark", "keyposs", "keyposs_peak", "igno", "igno_damped")
+#: the other decoders, and why they do not export
+NOT_EXPORTABLE = {
+    "popos": "its border-line test selects windows with nonzero() and branches on how many there are",
+    "popos_authors": "its exact branch-and-bound search prunes candidates with nonzero() and branches on how many "
+                     "remain (by design: it reproduces the authors' search bit for bit)",
+}
 
 
 class LandmarkGraph(nn.Module):
@@ -61,14 +64,14 @@ def export_onnx(checkpoint: str | Path, method: str, out: str | Path, **options)
     """Write the checkpoint's model and decoder ``method`` as one ONNX graph to ``out`` (atomically).
 
     Input ``images`` ``[B, 3, S, S]`` float32 with a dynamic batch ``B``; output ``landmarks`` ``[B, K, 2]``
-    float32 input px. Decoders outside :data:`EXPORTABLE` raise :class:`~popos.errors.UserError`: ``popos``
-    stops ``torch.export`` in its border-line test (``border_line.drop_border_line``: ``nonzero`` and a
-    branch on the number of windows at the border), ``popos_authors`` in its branch-and-bound search
-    (``nonzero`` pruning, a branch on the cells left).
+    float32 input px. Decoders outside :data:`EXPORTABLE` raise :class:`~popos.errors.UserError` saying why
+    (:data:`NOT_EXPORTABLE`).
     """
-    if method not in EXPORTABLE:
-        raise UserError(f"method: {method!r} does not export as one graph (data-dependent branches); "
+    if method in NOT_EXPORTABLE:
+        raise UserError(f"method: {method!r} cannot be exported as one graph: {NOT_EXPORTABLE[method]}; "
                         f"exportable: {', '.join(EXPORTABLE)}")
+    if method not in EXPORTABLE:
+        raise UserError(f"method: unknown decoder {method!r}; exportable: {', '.join(EXPORTABLE)}")
     try:
         import onnxscript  # noqa: F401 (torch.onnx's exporter needs it)
     except ImportError:
