@@ -55,8 +55,9 @@ def test_compiled_decoders_are_timed_beside_eager_ones(capsys):
                                                             ["one_hot", True]]
     compiled = table[table.compiled].iloc[0]
     assert compiled.compile_s > 0 and compiled.ms > 0 and table.compile_s[~table.compiled].isna().all()
-    header = capsys.readouterr().out.splitlines()[1]
-    assert "mode" in header and "compile s" in header
+    lines = capsys.readouterr().out.splitlines()
+    assert "compiled ms/batch" in lines[1] and "compiled vs max" in lines[1] and "compile s" in lines[1]
+    assert len(lines) == 4 and lines[3].split()[3] == "one_hot" and lines[3].endswith(f"{compiled.compile_s:.1f}")
 
 
 def test_one_hot_is_always_the_reference(capsys):
