@@ -428,17 +428,25 @@ def _solve_float32(h00: Tensor, h01: Tensor, h11: Tensor, b0: Tensor, b1: Tensor
 
 
 def sum_in_order(terms: Tensor) -> Tensor:
-    """Sum ``terms [..., K]`` over the last dimension left to right in their dtype, as a loop of ``+=``: ``[...]``.
+    """Sum ``terms [K, ...]`` over the first dimension, first to last, in their dtype: ``[...]``.
 
-    ``K - 1`` additions of whole ``[...]`` tensors, rounding as the authors' NumPy loops (``sum`` rounds
-    otherwise). Compiled, the chain stays in order too (no reassociation), so compiled IGNO equals eager
-    IGNO; with ``sum`` it would differ by up to 1e-3 px where its float32 normal equations cancel.
+    ``K - 1`` additions of whole ``[...]`` tensors, rounding as the authors' NumPy loops of ``+=`` (``sum``
+    rounds otherwise). Compiled, the chain stays in order too (no reassociation), so compiled IGNO equals
+    eager IGNO; with ``sum`` it would differ by up to 1e-3 px where its float32 normal equations cancel.
     """
-    columns = terms.movedim(-1, 0).contiguous()
-    total = columns[0]
-    for column in columns[1:]:
-        total = total + column
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
     return total
+
+
+def _products(pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """``[K, len(pairs), B]``: the products ``a * b`` of ``[K, B]`` pairs, written in place (no stacking copy)."""
+    first = pairs[0][0]
+    out = first.new_empty(first.shape[0], len(pairs), first.shape[1])
+    for i, (a, b) in enumerate(pairs):
+        torch.mul(a, b, out=out[:, i])
+    return out
 
 
 def authors_gauss_newton(anchors: Tensor, d: Tensor, start: Tensor, iterations: int) -> Tensor:
@@ -452,25 +460,25 @@ def authors_gauss_newton(anchors: Tensor, d: Tensor, start: Tensor, iterations: 
     step on, a cost at least the previous one (compared in float32) stops the loop before the update:
     the point of that larger cost is returned. At most ``iterations`` updates; undamped.
     """
-    ax, ay = anchors.unbind(-1)
-    d2 = d * d
+    ax, ay = anchors.permute(2, 1, 0).contiguous()  # [K, B] each: anchor k's row is contiguous
+    d2 = (d * d).T.contiguous()
     ax32, ay32, d2_32 = ax.float(), ay.float(), d2.float()
     x, y = start.unbind(-1)
     active = torch.ones_like(x, dtype=torch.bool)
-    last = torch.zeros_like(d2[:, 0])
+    last = torch.zeros_like(d2[0])
     for step in range(iterations):
         if step == 0:  # float64 residual, rounded to float32 where it meets the float32 arrays
-            ex, ey = ax - x.double()[:, None], ay - y.double()[:, None]
+            ex, ey = ax - x.double(), ay - y.double()
             e = (ex * ex + ey * ey) - d2
             ne, jx, jy = (-e).float(), (-2 * ex).float(), (-2 * ey).float()
             cost = sum_in_order(e * e)
-            h00, h01, h11, b0, b1 = sum_in_order(torch.stack([jx * jx, jx * jy, jy * jy, ne * jx, ne * jy]))
+            h00, h01, h11, b0, b1 = sum_in_order(_products([(jx, jx), (jx, jy), (jy, jy), (ne, jx), (ne, jy)]))
         else:
-            ex, ey = ax32 - x[:, None], ay32 - y[:, None]
+            ex, ey = ax32 - x, ay32 - y
             e = (ex * ex + ey * ey) - d2_32
-            jx, jy = -2 * ex, -2 * ey
+            ne, jx, jy = -e, -2 * ex, -2 * ey
             cost, h00, h01, h11, b0, b1 = sum_in_order(
-                torch.stack([e * e, jx * jx, jx * jy, jy * jy, -e * jx, -e * jy]))
+                _products([(e, e), (jx, jx), (jx, jy), (jy, jy), (ne, jx), (ne, jy)]))
             active &= ~(cost >= last.float())  # (a NaN cost does not stop theirs)
         dx, dy = _solve_float32(h00, h01, h11, b0, b1)
         x, y = torch.where(active, x + dx, x), torch.where(active, y + dy, y)
