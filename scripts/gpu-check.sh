@@ -88,7 +88,7 @@ out, rehearsal = Path(sys.argv[1]), sys.argv[2] == "1"
 device, batch, sizes = ("cpu", 8, [8, 4]) if rehearsal else ("cuda", 1024, [64, 4])
 eager = bench_decoders(device, batch, 98, sizes, warmup=2, repeats=10, methods=list(VARIANTS))
 compiled = bench_decoders(device, batch, 98, sizes, warmup=2, repeats=10,
-                          methods=["one_hot", "two_hot", "dark", "keyposs", "popos"], compile=True)
+                          methods=["one_hot", "two_hot", "dark", "keyposs", "keyposs_peak", "popos"], compile=True)
 table = pd.concat([eager, compiled[compiled.compiled]], ignore_index=True)
 table.to_csv(out / f"decoders-{device}-b{batch}.csv", index=False)
 EOF

@@ -61,6 +61,21 @@ def test_compiled_decoders_equal_eager_ones_and_do_not_recompile_per_batch(metho
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("method", "options"), [
+    ("two_hot", {}), ("keyposs", {}), ("keyposs_peak", {}),
+    ("igno", {"iterations": 4}), ("igno_damped", {"iterations": 4}),  # fewer steps: a smaller graph to compile
+])
+def test_compiled_decoders_equal_eager_ones_on_every_oracle_condition(method, options):
+    from popos.config import load_params
+
+    points = random_points(2, 4, 64, "center", seeded_generator(0))
+    maps = torch.cat([oracle_heatmaps(points, condition, 8, input_size=64, sigma=2.0, generator=seeded_generator(1))
+                      for condition in load_params().oracle.conditions], 1)  # [2, 4 x 12 conditions, 8, 8]
+    eager = decode(maps, method, **options)
+    assert torch.allclose(compiled(method, **options)(maps), eager, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
 def test_compiled_decoders_keep_compiling_past_torchs_recompile_limit(monkeypatch):
     import popos.decoders
 
