@@ -105,13 +105,14 @@ def first_max(maps: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
     the maps' finiteness check; ``finite`` as in :class:`Peak`.
 
     One pass over the maps: ``flat.max(-1)`` on small maps. On large ones (32 x 32 and up) that pass, which
-    tracks an index per value, costs 4 to 5 plain maxima on a CPU, so the maximum of each segment of
+    tracks an index per value, costs about 4 plain maxima on a CPU, so the maximum of each segment of
     :data:`SEGMENT` pixels comes first (a vectorised ``amax``), then the first segment holding the largest and
     the first maximum in it: the same value and index, in about half the time.
 
     The check needs no ``isfinite`` pass. Eager: the float32 sum of all the maps is not finite iff a NaN or
     an infinity is among them (or huge finite values overflow it; a count then clears them), and a plain
-    sum costs a fraction of the maximum; then ``ValueError`` says how many values are bad. While compiling
+    sum costs a fraction of the maximum; then ``ValueError`` says how many values are bad (reading the
+    sum synchronises a GPU once). While compiling
     or exporting a raise would be a data-dependent branch: ``finite`` comes per map from the maximum (NaN
     and ``+inf`` show there) and the minimum (``-inf``), which the compiler fuses into one pass.
     """
@@ -148,8 +149,8 @@ def peak(maps: Tensor) -> Peak:
 def peak_xy(maps: Tensor) -> tuple[Tensor, Tensor | None]:
     """Float32 ``[B, 2]`` ``(x, y)`` of each ``[B, H, W]`` map's first maximum, and ``finite`` as :func:`peak`.
 
-    Eager, the coordinates are one lookup in a cached table of the pixels' ``(x, y)`` (on small maps the
-    arithmetic's four operations cost as much as the maximum itself).
+    Eager, the coordinates are one lookup in a cached table of the pixels' ``(x, y)``: on small maps the
+    arithmetic's four operations would cost a third of the maximum itself.
     """
     value, index, finite = first_max(maps)
     _, height, width = maps.shape
