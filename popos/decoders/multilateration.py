@@ -161,14 +161,14 @@ def authors_block(maps: Tensor, start: Tensor) -> tuple[Tensor, Tensor]:
     count = torch.minimum(c + 3, size) - low - 2  # blocks scanned per axis (may be <= 0)
     step = torch.arange(3, device=maps.device)
     corner = torch.minimum(low[:, None, :] + step[:, None], size - 2)  # [B, 3, 2] (clamped: unscanned anyway)
-    scanned = step[:, None] < count[:, None, :]
+    scanned = step < count[:, :, None]  # [B, 2 (x, y), 3]
     bx = corner[:, None, :, 0].expand(n, 3, 3).reshape(n, 9)  # scan order: row (y) outer, column (x) inner
     by = corner[:, :, None, 1].expand(n, 3, 3).reshape(n, 9)
-    ok = (scanned[:, None, :, 0] & scanned[:, :, None, 1]).reshape(n, 9)
+    ok = (scanned[:, 1, :, None] & scanned[:, 0, None, :]).reshape(n, 9)
     flat = maps.reshape(n, height * width).float()
-    top_left = by * width + bx
-    v = [flat.gather(1, top_left + dy * width + dx) for dx, dy in _BLOCK]
-    sums = ((v[0] + v[1]) + v[2]) + v[3]
+    pixels = (by * width + bx)[:, :, None] + torch.tensor([dy * width + dx for dx, dy in _BLOCK], device=maps.device)
+    v = flat.gather(1, pixels.reshape(n, 36)).reshape(n, 9, 4)  # one gather: the 4 pixels of the 9 blocks
+    sums = ((v[..., 0] + v[..., 1]) + v[..., 2]) + v[..., 3]
     sums = torch.where(ok & (sums.double() >= AUTHORS_BLOCK_FLOOR), sums, -math.inf)
     last = 8 - sums.flip(-1).argmax(-1)  # the last of the largest
     last = torch.where(sums.amax(-1) > -math.inf, last, 0)  # none: the first block
