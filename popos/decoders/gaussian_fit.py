@@ -79,7 +79,7 @@ def solve_spd(a: Tensor, b: Tensor) -> Tensor:
         row = aug[k] / aug[k, k]
         factor = aug[:, k].clone()
         factor[k] -= 1  # row k becomes the normalised row, the others lose their column k
-        aug.addcmul_(factor[:, None], row[None], value=-1)
+        aug = aug - factor[:, None] * row[None]
     return aug[:, n]
 
 
