@@ -74,13 +74,13 @@ def solve_spd(a: Tensor, b: Tensor) -> Tensor:
     [0.090909, 0.636364]
     """
     n = a.shape[0]
-    aug = torch.cat([a, b[:, None]], 1)  # [n, n + 1, B]
+    aug = torch.cat([a, b[:, None]], 1)  # [n, n + 1, B]; after step k only the columns right of k are kept
     for k in range(n):
-        row = aug[k] / aug[k, k]
-        factor = aug[:, k].clone()
+        row = aug[k, 1:] / aug[k, :1]
+        factor = aug[:, 0].clone()
         factor[k] -= 1  # row k becomes the normalised row, the others lose their column k
-        aug = aug - factor[:, None] * row[None]
-    return aug[:, n]
+        aug = aug[:, 1:] - factor[:, None] * row[None]
+    return aug[:, 0]
 
 
 class WindowFit(NamedTuple):
