@@ -15,10 +15,10 @@ what the assumptions fixed (:mod:`popos.decoders.gaussian_fit`):
   fitted to the ``window x window`` pixels around the argmax by maximum likelihood under pixel noise;
   ``sigma`` is the shape's prior, weighted by the fit's own residuals, so clean maps of any shape are
   fitted exactly and noisy ones keep the accuracy of the known width;
-* **the border-line test**: where the window touches the map's border, the border line (row or column) with
-  the largest residuals is left out and the window refitted; the refit is kept where that line's mean
-  squared residual exceeds ``border_test`` times the residual variance of the other pixels (a flip test's
-  copied column, or padding artefacts);
+* **the border-line test**: where the window touches the map's border, the window is refitted without each
+  border line (row or column) in turn, and the refit without the line that misses it most is kept where
+  that line's mean squared residual exceeds ``border_test`` times the residual variance of the other pixels
+  (a flip test's copied column, or padding artefacts);
 * **a second peak**: a second, weaker peak lends its mass to the whole window, not to the pixels at the
   argmax. The ``near_window x near_window`` pixels around the argmax are fitted too (free shape, no
   baseline), and that fit is kept where the window's residuals exceed it by an F test: the residual sum
@@ -121,7 +121,8 @@ def popos(
         left_out = whole.pixels - near.pixels
         noise = near.rss / (near.pixels - near.dof).clamp_min(1)
         f = (whole.rss - near.rss) / left_out.clamp_min(1) / noise.clamp_min(NOISE_FLOOR)
-        use_near = (f > window_test) & (left_out >= LEFT_OUT) & (near.pixels - near.dof >= 3) & torch.isfinite(near.rss)
+        use_near = ((f > window_test) & (left_out >= LEFT_OUT) & (near.pixels - near.dof >= 3)
+                    & torch.isfinite(near.rss))  # fmt: skip
         near_centre = near.centre + torch.stack([nx, ny]) + (near_window - 1) / 2
         centre = torch.where(use_near, near_centre, whole.centre + (side - 1) / 2)
         rss = torch.where(use_near, near.rss, whole.rss)
@@ -137,10 +138,11 @@ def _border_line_test(
     flat: Tensor, used: Tensor, whole: WindowFit, x0: Tensor, y0: Tensor, side: int, height: int,
     width: int, threshold: float, options: dict,
 ) -> tuple[WindowFit, Tensor]:
-    """Refit the windows ``flat [P, B]`` (pixels ``used [P, B]``, fitted as ``whole``) without each map-border line they hold, and keep the refit without the line most
-    above the threshold (see the module docstring). A window narrower than the map holds at most one border
-    column and one border row; one as wide as the map holds both of its columns. Returns the fit kept and
-    the pixels it used, ``[P, B]``."""
+    """Refit the windows ``flat [P, B]`` (pixels ``used [P, B]``, fitted as ``whole``) without each map-border
+    line they hold, and keep the refit without the line most above the threshold (see the module docstring).
+    A window narrower than the map holds at most one border column and one border row; one as wide as the
+    map holds both of its columns (a static count, so the graph has no branch). Returns the fit kept and the
+    pixels it used, ``[P, B]``."""
     n = flat.shape[1]
     grid = torch.zeros(4, side, side, device=flat.device)
     grid[0, :, 0], grid[1, :, -1], grid[2, 0, :], grid[3, -1, :] = 1, 1, 1, 1
@@ -173,4 +175,4 @@ def _border_line_test(
 
 def _where(condition: Tensor, a: WindowFit, b: WindowFit) -> WindowFit:
     """Per window, fit ``a`` where ``condition [B]`` holds, else ``b``."""
-    return WindowFit(*(torch.where(condition, x, y) if isinstance(x, Tensor) else x for x, y in zip(a, b)))
+    return WindowFit(*(torch.where(condition, x, y) if isinstance(x, Tensor) else x for x, y in zip(a, b, strict=True)))
