@@ -72,7 +72,7 @@ def popos(
     window: int = WINDOW,
     near_window: int = NEAR_WINDOW,
     iterations: int = 2,
-    shape_prior: float = 0.005,
+    shape_prior: float = 0.003,
     window_test: float = 40.0,
     border_test: float = 100.0,
 ) -> Tensor:
