@@ -602,14 +602,14 @@ def flip_test_maps(pts: torch.Tensor, size: int) -> torch.Tensor:
     return 0.5 * (encode_heatmaps(pts, size) + mirror_heatmaps(encode_heatmaps(mirrored, size), INPUT))
 
 
-@pytest.mark.parametrize(("size", "off"), [(8, 1.0), (4, 2.0)])
+@pytest.mark.parametrize(("size", "off"), [(32, 0.08), (16, 0.2), (8, 1.0), (4, 2.0)])
 @pytest.mark.parametrize("options", [{}, {"window_test": math.inf}])
 def test_border_line_test_drops_a_flip_tests_copied_column(size, off, options):
     pts = random_points(200, size, size, margin=0.5, seed=30)
     hm = flip_test_maps(pts, size)[None]
     plain = error_input_px(decode(hm, "popos", border_test=0, **options)[0], pts, size).mean()
     tested = error_input_px(decode(hm, "popos", **options)[0], pts, size).mean()
-    assert plain > off and tested < 0.15  # oracle (3,136 points): 1.52 -> 0.05 at 8x8, 11.3 -> 0.06 at 4x4
+    assert plain > off and tested < 0.15  # windows narrower than the map (32, 16) test one column, others both
     # clean maps never trip it, and away from the border it changes nothing
     clean = encode_heatmaps(pts, size)[None]
     assert error_input_px(decode(clean, "popos")[0], pts, size).max() < 0.01
