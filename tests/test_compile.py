@@ -64,6 +64,7 @@ def test_compiled_decoders_equal_eager_ones_and_do_not_recompile_per_batch(metho
 @pytest.mark.parametrize(("method", "options"), [
     ("two_hot", {}), ("keyposs", {}), ("keyposs_peak", {}),
     ("igno", {"iterations": 4}), ("igno_damped", {"iterations": 4}),  # fewer steps: a smaller graph to compile
+    ("popos", {}),
 ])
 def test_compiled_decoders_equal_eager_ones_on_every_oracle_condition(method, options):
     from popos.config import load_params

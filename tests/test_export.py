@@ -35,7 +35,7 @@ def test_exported_graph_equals_torch_for_any_batch(checkpoint, tmp_path, method)
         np.testing.assert_allclose(got, expected, atol=1e-3, rtol=0)  # input px
 
 
-@pytest.mark.parametrize("method", ["popos_authors", "popos"])
+@pytest.mark.parametrize("method", ["popos_authors"])
 def test_decoders_that_do_not_export_are_refused_in_one_line(checkpoint, tmp_path, capsys, method):
     out = tmp_path / f"{method}.onnx"
     assert main(["export", "--checkpoint", str(checkpoint), "--method", method, "--out", str(out)]) == 2
@@ -65,3 +65,28 @@ def test_igno_damped_exports_and_equals_torch(tmp_path):
     torch.onnx.export(Decoder(), (maps,), dynamo=True, verbose=False).save(str(tmp_path / "d.onnx"))
     got = ort.InferenceSession(str(tmp_path / "d.onnx")).run(None, {"maps": maps.numpy()})[0]
     np.testing.assert_allclose(got, decode(maps, "igno_damped", iterations=3).numpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [16, 4])
+def test_popos_exports_as_one_graph_and_equals_torch(tmp_path, size):
+    # the decoder alone on oracle maps of every kind of peak, exported with one batch size and run with another
+    # (an untrained model's near-flat maps make its fits ill-conditioned: no fair comparison there)
+    from popos.decoders import decode
+    from popos.oracle import oracle_heatmaps, random_points, seeded_generator
+
+    class Decoder(torch.nn.Module):
+        def forward(self, maps):
+            return decode(maps, "popos")
+
+    points = random_points(3, 40, 64, "center", seeded_generator(0))
+    maps = {c: oracle_heatmaps(points, c, size, input_size=64, sigma=2.0, generator=seeded_generator(2))
+            for c in ("noise", "ampnoise", "elongated", "second", "offset")}
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.onnx.export(Decoder(), (maps["noise"][:2],), dynamo=True, verbose=False,
+                                dynamic_shapes=({0: batch},))
+    program.save(str(tmp_path / "popos.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "popos.onnx"))
+    for condition, m in maps.items():
+        got = session.run(None, {session.get_inputs()[0].name: m.numpy()})[0]
+        np.testing.assert_allclose(got, decode(m, "popos").numpy(), atol=1e-4, rtol=0, err_msg=condition)

@@ -29,12 +29,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from popos.decoders.base import tracing
+
 #: relative ridge on the normal equations' diagonal (keeps flat or one-pixel windows solvable)
 RIDGE = 1e-9
 
 
-@functools.lru_cache(maxsize=None)
-def _tables(side: int, baseline: bool, sigma: float, device: torch.device) -> tuple[Tensor, ...]:
+def _build_tables(side: int, baseline: bool, sigma: float, device: torch.device) -> tuple[Tensor, ...]:
     """The constant tables of :func:`fit` for a window side: the monomials ``[6, P]``, their products ``[36,
     P]``, where each entry of the normal equations is among the sums :func:`fit` takes (``[k * k]`` indices),
     the prior's values and the mask of the parameters it holds, ``[k, 1]`` each, and the identity ``[k, k, 1]``."""
@@ -53,6 +54,15 @@ def _tables(side: int, baseline: bool, sigma: float, device: torch.device) -> tu
     on_shape = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0][:k], device=device)
     eye = torch.eye(k, device=device)[:, :, None]
     return mono, products, normal.flatten(), prior[:, None], on_shape[:, None], eye
+
+
+_cached_tables = functools.lru_cache(maxsize=None)(_build_tables)
+
+
+def _tables(side: int, baseline: bool, sigma: float, device: torch.device) -> tuple[Tensor, ...]:
+    """:func:`_build_tables`, cached in eager mode; while compiling or exporting built afresh, so that no tensor
+    made by the tracer outlives it."""
+    return _build_tables(side, baseline, sigma, device) if tracing() else _cached_tables(side, baseline, sigma, device)
 
 
 def monomials(side: int, device: torch.device | str = "cpu") -> Tensor:
