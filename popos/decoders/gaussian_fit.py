@@ -65,16 +65,6 @@ def _tables(side: int, baseline: bool, sigma: float, device: torch.device) -> tu
     return _build_tables(side, baseline, sigma, device) if tracing() else _cached_tables(side, baseline, sigma, device)
 
 
-def monomials(side: int, device: torch.device | str = "cpu") -> Tensor:
-    """``[6, side * side]``: ``(1, u, v, u^2, u v, v^2)`` of a square window's pixels in row-major order,
-    ``(u, v)`` the pixel's offset from the window's centre in heatmap px.
-
-    >>> monomials(3)[1:3, :4].tolist()
-    [[-1.0, 0.0, 1.0, -1.0], [-1.0, -1.0, -1.0, 0.0]]
-    """
-    return _tables(side, False, 1.0, torch.device(device))[0]
-
-
 def solve_spd(a: Tensor, b: Tensor) -> Tensor:
     """Solve ``a x = b`` for a batch of symmetric positive definite systems, batch last: ``a [n, n, B]``,
     ``b [n, B]`` -> ``x [n, B]`` (Gauss-Jordan elimination without pivoting).

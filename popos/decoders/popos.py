@@ -113,6 +113,7 @@ def popos(
     whole = gaussian_fit.fit(flat, used, side, baseline=True, **options)
     if border_test > 0:
         whole, used = _border_line_test(flat, used, whole, x0, y0, side, height, width, border_test, options)
+    centre, rss = whole.centre + (side - 1) / 2, whole.rss
     if near_window < side:
         near_values, nx, ny = window_around(values, found.x - x0, found.y - y0, near_window)
         near_used = window_around(used.T.reshape(n, side, side), found.x - x0, found.y - y0, near_window)[0]
@@ -123,11 +124,8 @@ def popos(
         f = (whole.rss - near.rss) / left_out.clamp_min(1) / noise.clamp_min(NOISE_FLOOR)
         use_near = ((f > window_test) & (left_out >= LEFT_OUT) & (near.pixels - near.dof >= 3)
                     & torch.isfinite(near.rss))  # fmt: skip
-        near_centre = near.centre + torch.stack([nx, ny]) + (near_window - 1) / 2
-        centre = torch.where(use_near, near_centre, whole.centre + (side - 1) / 2)
-        rss = torch.where(use_near, near.rss, whole.rss)
-    else:
-        centre, rss = whole.centre + (side - 1) / 2, whole.rss
+        centre = torch.where(use_near, near.centre + torch.stack([nx, ny]) + (near_window - 1) / 2, centre)
+        rss = torch.where(use_near, near.rss, rss)
     argmax = torch.stack([found.x, found.y], -1).float()
     p = clamp_to_map((centre + torch.stack([x0, y0])).T, height, width)
     fallback = no_peak(raw) | ~torch.isfinite(rss)
