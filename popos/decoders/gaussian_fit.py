@@ -24,6 +24,7 @@ positive definite), a few dozen whole-batch operations that compile and export a
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -33,12 +34,58 @@ from popos.decoders.base import tracing
 
 #: relative ridge on the normal equations' diagonal (keeps flat or one-pixel windows solvable)
 RIDGE = 1e-9
+#: the smallest value the log fit takes the logarithm of: its square, the weight of the values at or below it,
+#: is negligible and still a normal float32 (an underflow would cost a microcode assist per pixel on x86)
+TINY = 1e-15
+
+
+class Sums(NamedTuple):
+    """The sums over the pixels of windows that a Gauss-Newton step needs, at parameters ``c``: the data's
+    normal equations ``jtj [k, k, ...]`` and ``jtr [k, ...]`` (no prior), the residual sum of squares ``rss
+    [...]`` and the number of pixels ``count [...]``, for a batch of shape ``[...]``."""
+
+    jtj: Tensor
+    jtr: Tensor
+    rss: Tensor
+    count: Tensor
+
+    def rss_after(self, step: Tensor) -> Tensor:
+        """The residual sum of squares ``[...]`` on these pixels after the step ``[k, ...]``, predicted by the
+        linearised model: ``|r - J step|^2``."""
+        quadratic = (step * (self.jtj * step[None]).sum(1)).sum(0)
+        return (self.rss - 2 * (step * self.jtr).sum(0) + quadratic).clamp_min(0)
+
+
+class Linearisation(NamedTuple):
+    """A fit at its parameters ``c [k, B]`` before a step: the Gaussian ``g [P, B]``, the residuals ``[P, B]``
+    (0 on the pixels not used), the pixels ``used [P, B]`` (float 0 / 1) and their packed sums ``moments
+    [M, B]`` (:meth:`WindowModel.moments`)."""
+
+    c: Tensor
+    g: Tensor
+    residuals: Tensor
+    used: Tensor
+    moments: Tensor
+
+
+class WindowFit(NamedTuple):
+    """A fit per window (all ``[B]``): ``centre`` ``[2, B]`` (x, y) in heatmap px from the window's centre,
+    ``rss`` the residual sum of squares (after a last step, as its linearisation predicts it; ``inf`` where
+    the fit is not a peak: ``Q`` not negative definite, or the centre over a pixel outside the window),
+    ``used`` the pixels fitted ``[P, B]`` (float 0 / 1), ``pixels`` their number and ``dof`` the number of
+    parameters."""
+
+    centre: Tensor
+    rss: Tensor
+    used: Tensor
+    pixels: Tensor
+    dof: int
 
 
 def _build_tables(side: int, baseline: bool, sigma: float, device: torch.device) -> tuple[Tensor, ...]:
-    """The constant tables of :func:`fit` for a window side: the monomials ``[6, P]``, their products ``[36,
-    P]``, where each entry of the normal equations is among the sums :func:`fit` takes (``[k * k]`` indices),
-    the prior's values and the mask of the parameters it holds, ``[k, 1]`` each, and the identity ``[k, k, 1]``."""
+    """The constant tables of :class:`WindowModel`: the monomials ``[6, P]``, their products ``[36, P]``, where
+    each entry of the normal equations is among :meth:`WindowModel.moments` (``[k * k]`` indices),
+    the prior's values and the mask of the parameters it holds, ``[k]`` each, and the identity ``[k, k]``."""
     offsets = torch.arange(side, dtype=torch.float32, device=device) - (side - 1) / 2
     v, u = torch.meshgrid(offsets, offsets, indexing="ij")
     u, v = u.flatten(), v.flatten()
@@ -52,106 +99,140 @@ def _build_tables(side: int, baseline: bool, sigma: float, device: torch.device)
                             torch.arange(36, 43, device=device)[None]])  # fmt: skip
     prior = torch.tensor([0.0, 0.0, 0.0, -0.5 / sigma**2, 0.0, -0.5 / sigma**2, 0.0][:k], device=device)
     on_shape = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0][:k], device=device)
-    eye = torch.eye(k, device=device)[:, :, None]
-    return mono, products, normal.flatten(), prior[:, None], on_shape[:, None], eye
+    return mono, products, normal.flatten(), prior, on_shape, torch.eye(k, device=device)
 
 
 _cached_tables = functools.lru_cache(maxsize=None)(_build_tables)
 
 
-def _tables(side: int, baseline: bool, sigma: float, device: torch.device) -> tuple[Tensor, ...]:
-    """:func:`_build_tables`, cached in eager mode; while compiling or exporting built afresh, so that no tensor
-    made by the tracer outlives it."""
-    return _build_tables(side, baseline, sigma, device) if tracing() else _cached_tables(side, baseline, sigma, device)
+class WindowModel:
+    """The model on square windows of ``side`` pixels: ``sigma`` (heatmap px) the prior's width, ``baseline``
+    whether ``b`` is fitted, ``shape_prior`` the prior's standard deviation on the quadratic coefficients and
+    ``b`` (0: no prior). See the module docstring."""
 
+    def __init__(self, side: int, *, sigma: float, baseline: bool, shape_prior: float, device: torch.device):
+        # cached in eager mode; while compiling or exporting built afresh, so that no tensor made by the tracer
+        # outlives it
+        build = _build_tables if tracing() else _cached_tables
+        self.mono, self.products, self.normal, self.prior, self.on_shape, self.eye = build(
+            side, baseline, float(sigma), device
+        )
+        self.side, self.baseline, self.shape_prior = side, baseline, shape_prior
+        self.dof = 7 if baseline else 6
 
-def solve_spd(a: Tensor, b: Tensor) -> Tensor:
-    """Solve ``a x = b`` for a batch of symmetric positive definite systems, batch last: ``a [n, n, B]``,
-    ``b [n, B]`` -> ``x [n, B]`` (Gauss-Jordan elimination without pivoting).
+    def log_fit(self, values: Tensor, used: Tensor) -> Tensor:
+        """The parameters ``[k, B]`` of the weighted least-squares fit of ``ln h`` to ``values [P, B]`` on the
+        pixels ``used [P, B]`` (``b = 0``) that hold a positive value."""
+        n = values.shape[1]
+        positive = values.clamp_min(TINY)
+        weight = positive.square() * used
+        jtj, jtr = self.products @ weight, self.mono @ (weight * positive.log())
+        c = solve_spd(jtj.view(6, 6, n) + _ridge(jtj.view(6, 6, n))[:, None] * self.eye[:6, :6, None], jtr)
+        return torch.cat([c, values.new_zeros(1, n)])[: self.dof]
 
-    >>> a = torch.tensor([[4.0, 1.0], [1.0, 3.0]])[..., None]
-    >>> [round(x, 6) for x in solve_spd(a, torch.tensor([[1.0], [2.0]])).flatten().tolist()]
-    [0.090909, 0.636364]
-    """
-    n = a.shape[0]
-    aug = torch.cat([a, b[:, None]], 1)  # [n, n + 1, B]; after step k only the columns right of k are kept
-    for k in range(n):
-        row = aug[k, 1:] / aug[k, :1]
-        factor = aug[:, 0].clone()
-        factor[k] -= 1  # row k becomes the normalised row, the others lose their column k
-        aug = aug[:, 1:] - factor[:, None] * row[None]
-    return aug[:, 0]
+    def evaluate(self, values: Tensor, used: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        """The Gaussian ``g = exp(quadratic)`` at ``c [k, B]`` and the residuals ``values - m`` on the pixels
+        ``used``, 0 elsewhere, both ``[P, B]``."""
+        g = torch.exp(self.mono.T @ c[:6])
+        model = g + c[6] if self.baseline else g
+        return g, (values - model) * used
 
+    def moments(self, g: Tensor, residuals: Tensor, used: Tensor, pixels: Tensor | None = None) -> Tensor:
+        """The sums over the pixels ``used [P, B]`` (``residuals [P, B]`` 0 elsewhere) that make up
+        :class:`Sums`, packed ``[M, B]`` (:meth:`unpack`; packed sums over disjoint pixels add up), or over
+        subsets of them: the pixels at the indices ``pixels [..., L]``, and then ``g``, ``residuals`` and
+        ``used`` are ``[..., L, B]``, taken at those pixels, and the result ``[..., M, B]``."""
+        mono, products = self.mono, self.products
+        if pixels is not None:
+            mono, products = mono[:, pixels].movedim(0, -2), products[:, pixels].movedim(0, -2)
+        gu = g * used
+        parts = [products @ (gu * g)] + ([mono @ gu] if self.baseline else []) + [used.sum(-2, keepdim=True)]
+        parts += [mono @ (g * residuals)] + ([residuals.sum(-2, keepdim=True)] if self.baseline else [])
+        return torch.cat(parts + [residuals.square().sum(-2, keepdim=True)], -2)
 
-class WindowFit(NamedTuple):
-    """A fit per window (all ``[B]``): ``centre`` ``[2, B]`` (x, y) in heatmap px from the window's centre,
-    ``rss`` the residual sum of squares (``inf`` where the fit is not a peak: ``Q`` not negative definite, or
-    the centre over a pixel outside the window), ``pixels`` the pixels used, ``residuals`` ``[P, B]`` (on
-    every pixel, used or not), ``params`` ``[dof, B]`` (``c``, then ``b``) and ``dof`` their number."""
+    def unpack(self, moments: Tensor) -> Sums:
+        """:class:`Sums` ``[k, k, ...]``, ``[k, ...]``, ``[...]``, ``[...]`` from packed :meth:`moments`
+        ``[M, ...]``."""
+        rows = 43 if self.baseline else 37  # the products, the Jacobian's sums, the count
+        jtj = moments.index_select(0, self.normal).unflatten(0, (self.dof, self.dof))
+        return Sums(jtj, moments[rows : rows + self.dof], moments[-1], moments[rows - 1])
 
-    centre: Tensor
-    rss: Tensor
-    pixels: Tensor
-    residuals: Tensor
-    params: Tensor
-    dof: int
+    def normal_equations(self, sums: Sums, c: Tensor) -> tuple[Tensor, Tensor]:
+        """The normal equations ``[k, k, ...]``, ``[k, ...]`` of the Gauss-Newton step from ``c [k, ...]`` on the
+        pixels summed in ``sums`` (of any batch shape ``[...]``), with the prior and the ridge."""
+        batch = (1,) * sums.rss.dim()
+        diagonal, jtr = _ridge(sums.jtj), sums.jtr  # [k, ...]
+        if self.shape_prior > 0:  # the prior as k more observations of the parameters, weighted by the noise
+            weight = self.on_shape.view(-1, *batch) * (
+                sums.rss / (sums.count - self.dof).clamp_min(1) / self.shape_prior**2)  # fmt: skip
+            diagonal = diagonal + weight
+            jtr = jtr - weight * (c - self.prior.view(-1, *batch))
+        return sums.jtj + diagonal[:, None] * self.eye.view(self.dof, self.dof, *batch), jtr
+
+    def step(self, sums: Sums, c: Tensor) -> Tensor:
+        """The Gauss-Newton step ``[k, B]`` from ``c [k, B]`` on the pixels summed in ``sums``, with the prior."""
+        return solve_spd(*self.normal_equations(sums, c))
 
 
 def fit(
     values: Tensor,
     used: Tensor,
-    side: int,
+    model: WindowModel,
     *,
-    sigma: float,
-    baseline: bool,
     steps: int,
-    shape_prior: float,
     start: Tensor | None = None,
+    first_step: Callable[[Linearisation], tuple[Tensor, Tensor, Tensor]] | None = None,
 ) -> WindowFit:
-    """Fit the model to square windows ``values [P, B]`` (``P = side^2`` pixels in row-major order, batch last,
+    """Fit ``model`` to square windows ``values [P, B]`` (``P = side^2`` pixels in row-major order, batch last,
     scaled so the peak is near 1) on the pixels marked in ``used [P, B]`` (float 0 / 1).
 
-    ``sigma`` (heatmap px): the prior's width; ``baseline``: fit ``b`` too; ``steps``: Gauss-Newton steps;
-    ``shape_prior``: the prior's standard deviation on the quadratic coefficients and ``b`` (0: no prior);
-    ``start``: the parameters ``[k, B]`` to start from (e.g. a fit of the same windows on other pixels)
-    instead of the log fit. See the module docstring.
+    ``steps``: Gauss-Newton steps; ``start``: the parameters ``[k, B]`` to start from instead of the log fit;
+    ``first_step``: takes the fit before its first step and returns that step ``[k, B]``, the pixels the fit
+    goes on with ``[P, B]`` and their predicted residual sum of squares ``[B]`` after the step (the
+    border-line test); by default the step on the same pixels.
     """
-    mono, products, normal, prior, on_shape, eye = _tables(side, baseline, float(sigma), values.device)
-    n = values.shape[1]
-    k = 7 if baseline else 6
-    pixels = used.sum(0)
-    if start is None:
-        weight = used * (values > 0) * values.square()
-        log_values = torch.log(torch.where(values > 0, values, 1.0))
-        jtj, jtr = products @ weight, mono @ (weight * log_values)
-        c = torch.cat([_solve(jtj.view(6, 6, n), jtr, eye[:6, :6]), values.new_zeros(1, n)])[:k]  # [k, B]
-    else:
-        c = start
-    for step in range(steps + 1):
-        g = torch.exp(mono.T @ c[:6])  # [P, B]
-        residuals = values - g - c[6] if baseline else values - g
-        r = residuals * used
-        rss = r.square().sum(0)
-        if step == steps:
-            break
-        gu = g * used
-        sums = [products @ (gu * g)] + ([mono @ gu, pixels[None]] if baseline else [])  # [36 (+ 7), B]
-        jtj = torch.cat(sums)[normal].view(k, k, n)
-        jtr = torch.cat([mono @ (gu * r)] + ([r.sum(0, keepdim=True)] if baseline else []))
-        if shape_prior > 0:  # the prior as k more observations of the parameters, weighted by the noise
-            weight = on_shape * (rss / (pixels - k).clamp_min(1) / shape_prior**2)  # [k, B]
-            jtj = jtj + weight[:, None] * eye
-            jtr = jtr - weight * (c - prior)
-        c = c + _solve(jtj, jtr, eye)
+    c = model.log_fit(values, used) if start is None else start
+    for step in range(steps):
+        g, residuals = model.evaluate(values, used, c)
+        moments = model.moments(g, residuals, used)
+        if first_step is not None and step == 0:
+            delta, used, rss = first_step(Linearisation(c, g, residuals, used, moments))
+        else:
+            sums = model.unpack(moments)
+            delta = model.step(sums, c)
+            rss = sums.rss_after(delta)
+        c = c + delta
+    if not steps:
+        rss = model.evaluate(values, used, c)[1].square().sum(0)
     centre, is_peak = centre_of(c)
-    inside = (centre.abs() <= (side - 1) / 2 + 1).all(0)
-    return WindowFit(centre, torch.where(is_peak & inside, rss, torch.inf), pixels, residuals, c, k)
+    inside = (centre.abs() <= (model.side - 1) / 2 + 1).all(0)
+    return WindowFit(centre, torch.where(is_peak & inside, rss, torch.inf), used, used.sum(0), model.dof)
 
 
-def _solve(jtj: Tensor, jtr: Tensor, eye: Tensor) -> Tensor:
-    """Solve the normal equations ``jtj [k, k, B]``, ``jtr [k, B]`` with a relative ridge of :data:`RIDGE`."""
-    ridge = RIDGE * jtj.diagonal(0, 0, 1).amax(1) + 1e-30  # [B]
-    return solve_spd(jtj + ridge * eye, jtr)
+def solve_spd(a: Tensor, b: Tensor) -> Tensor:
+    """Solve ``a x = b`` for a batch of symmetric positive definite systems, batch last: ``a [n, n, B]``,
+    ``b [n, B]`` -> ``x [n, B]``, or ``b [n, m, B]`` (``m`` right-hand sides) -> ``x [n, m, B]`` (Gauss-Jordan
+    elimination without pivoting).
+
+    >>> a = torch.tensor([[4.0, 1.0], [1.0, 3.0]])[..., None]
+    >>> [round(x, 6) for x in solve_spd(a, torch.tensor([[1.0], [2.0]])).flatten().tolist()]
+    [0.090909, 0.636364]
+    """
+    n, one = a.shape[0], b.dim() < a.dim()
+    aug = torch.cat([a, b[:, None] if one else b], 1)  # [n, n + m, B]; after step k the columns right of k
+    for k in range(n):
+        row = aug[k, 1:] / aug[k, :1]
+        factor = aug[:, 0].clone()
+        factor[k] -= 1  # row k becomes the normalised row, the others lose their column k
+        aug = aug[:, 1:] - factor[:, None] * row[None]
+    return aug[:, 0] if one else aug
+
+
+def _ridge(jtj: Tensor) -> Tensor:
+    """The ridge ``[k, ...]`` that keeps the normal equations ``jtj [k, k, ...]`` solvable: :data:`RIDGE` times
+    the largest diagonal entry."""
+    ridge = RIDGE * jtj.diagonal(0, 0, 1).amax(-1) + 1e-30
+    return ridge.expand(jtj.shape[0], *ridge.shape)
 
 
 def centre_of(c: Tensor) -> tuple[Tensor, Tensor]:

@@ -15,14 +15,15 @@ what the assumptions fixed (:mod:`popos.decoders.gaussian_fit`):
   fitted to the ``window x window`` pixels around the argmax by maximum likelihood under pixel noise;
   ``sigma`` is the shape's prior, weighted by the fit's own residuals, so clean maps of any shape are
   fitted exactly and noisy ones keep the accuracy of the known width;
-* **the border-line test**: where the window touches the map's border, the window is refitted without each
-  border line (row or column) in turn, and the refit without the line that misses it most is kept where
-  that line's mean squared residual exceeds ``border_test`` times the residual variance of the other pixels
-  (a flip test's copied column, or padding artefacts);
+* **the border-line test**: where the window touches the map's border, the fit's first step is also taken
+  without each border line (row or column) in turn, and the step without the line that misses it most is
+  taken where that line's mean squared residual after it exceeds ``border_test`` times the residual variance
+  of the other pixels (a flip test's copied column, or padding artefacts); the fit goes on without the line;
 * **a second peak**: a second, weaker peak lends its mass to the whole window, not to the pixels at the
   argmax. The ``near_window x near_window`` pixels around the argmax are fitted too (free shape, no
-  baseline), and that fit is kept where the window's residuals exceed it by an F test: the residual sum
-  of squares the other pixels add, per pixel, over the near fit's residual variance, above ``window_test``;
+  baseline, :data:`NEAR_STEPS` Gauss-Newton steps), and that fit is kept where the window's residuals
+  exceed it by an F test: the residual sum of squares the other pixels add, per pixel, over the near fit's
+  residual variance, above ``window_test``;
 * **the whole float32 range**: the window is divided by its maximum before fitting.
 
 Every step runs on the whole batch with masks and fixed iteration counts, so the decoder compiles and
@@ -31,6 +32,8 @@ exports as one graph (:func:`popos.decoders.compiled`, :mod:`popos.export`).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -38,12 +41,14 @@ from popos.anchors import OUR_WINDOW, our_anchors
 from popos.decoders import gaussian_fit
 from popos.decoders.base import check_float, check_int, clamp_to_map, flat_maps, no_peak, peak, register, unflatten
 from popos.decoders.base import window as window_around
-from popos.decoders.gaussian_fit import WindowFit
+from popos.decoders.gaussian_fit import Linearisation, WindowModel, solve_spd
 
 #: side of the window around the argmax that our decoder fits, heatmap px
 WINDOW = OUR_WINDOW
 #: side of the window fitted beside a second peak, heatmap px
 NEAR_WINDOW = 3
+#: Gauss-Newton steps of the near window's fit (a second step changes its centres by under 1 %)
+NEAR_STEPS = 1
 #: the near window's shape prior (:func:`popos.decoders.gaussian_fit.fit`): weak, its pixels fix the shape
 NEAR_PRIOR = 0.02
 #: fewest pixels the near window must leave out for its F test (fewer say too little about a second peak)
@@ -81,7 +86,7 @@ def popos(
     ``sigma`` (heatmap px): the peak width expected, the shape's prior. ``window``: side of the square
     window around the argmax that is fitted (cut to the map, shifted to stay inside it). ``near_window``:
     side of the window fitted beside a second peak (``>= window``: never). ``iterations``: Gauss-Newton
-    steps of every fit. ``shape_prior``: the prior's standard deviation on the log-quadratic's coefficients
+    steps of the window's fit. ``shape_prior``: the prior's standard deviation on the log-quadratic's coefficients
     (0: no prior). ``window_test``: the F-test threshold for keeping the near window's fit (``inf``: never).
     ``border_test`` (0: off): the border-line test's threshold. See the module docstring.
 
@@ -105,20 +110,22 @@ def popos(
     found = peak(maps)
     side = min(window, height, width)
     raw, x0, y0 = window_around(maps, found.x, found.y, side)
-    top = raw.flatten(1).amax(1)
+    top = found.value.float()  # the window holds the maximum
     values = raw / torch.where(top > 0, top, 1.0)[:, None, None]  # peak 1: the fits see every amplitude alike
-    flat = values.flatten(1).T  # [P, B]
+    flat = values.flatten(1).T.contiguous()  # [P, B]
     used = (flat != 0).float()  # exact zeros are censored (targets cut at 3 sigma, a ReLU), not observed
-    options = dict(sigma=sigma, steps=iterations, shape_prior=shape_prior)
-    whole = gaussian_fit.fit(flat, used, side, baseline=True, **options)
-    if border_test > 0:
-        whole, used = _border_line_test(flat, used, whole, x0, y0, side, height, width, border_test, options)
+    model = WindowModel(side, sigma=sigma, baseline=True, shape_prior=shape_prior, device=maps.device)
+    border = None
+    if border_test > 0 and iterations > 0:
+        border = functools.partial(_border_line_step, model, x0=x0, y0=y0, height=height, width=width,
+                                   threshold=border_test)  # fmt: skip
+    whole = gaussian_fit.fit(flat, used, model, steps=iterations, first_step=border)
     centre, rss = whole.centre + (side - 1) / 2, whole.rss
     if near_window < side:
         near_values, nx, ny = window_around(values, found.x - x0, found.y - y0, near_window)
-        near_used = window_around(used.T.reshape(n, side, side), found.x - x0, found.y - y0, near_window)[0]
-        near = gaussian_fit.fit(near_values.flatten(1).T, near_used.flatten(1).T, near_window, baseline=False,
-                                sigma=sigma, steps=iterations, shape_prior=NEAR_PRIOR)  # fmt: skip
+        near_used = window_around(whole.used.T.reshape(n, side, side), found.x - x0, found.y - y0, near_window)[0]
+        near_model = WindowModel(near_window, sigma=sigma, baseline=False, shape_prior=NEAR_PRIOR, device=maps.device)
+        near = gaussian_fit.fit(near_values.flatten(1).T, near_used.flatten(1).T, near_model, steps=NEAR_STEPS)
         left_out = whole.pixels - near.pixels
         noise = near.rss / (near.pixels - near.dof).clamp_min(1)
         f = (whole.rss - near.rss) / left_out.clamp_min(1) / noise.clamp_min(NOISE_FLOOR)
@@ -132,45 +139,50 @@ def popos(
     return unflatten(torch.where(fallback[:, None], argmax, p), heatmaps, found.finite)
 
 
-def _border_line_test(
-    flat: Tensor, used: Tensor, whole: WindowFit, x0: Tensor, y0: Tensor, side: int, height: int,
-    width: int, threshold: float, options: dict,
-) -> tuple[WindowFit, Tensor]:
-    """Refit the windows ``flat [P, B]`` (pixels ``used [P, B]``, fitted as ``whole``) without each map-border
-    line they hold, and keep the refit without the line most above the threshold (see the module docstring).
-    A window narrower than the map holds at most one border column and one border row; one as wide as the
-    map holds both of its columns (a static count, so the graph has no branch). Returns the fit kept and the
-    pixels it used, ``[P, B]``."""
-    n = flat.shape[1]
-    grid = torch.zeros(4, side, side, device=flat.device)
-    grid[0, :, 0], grid[1, :, -1], grid[2, 0, :], grid[3, -1, :] = 1, 1, 1, 1
-    first_col, last_col, first_row, last_row = grid.flatten(1)[..., None]  # [P, 1] each
-    left, right, top, bottom = x0 == 0, x0 + side == width, y0 == 0, y0 + side == height
-    lines, present = [], []  # [P, B] and [B] per candidate line
-    for first, last, at_first, at_last, whole_span in ((first_col, last_col, left, right, side == width),
-                                                        (first_row, last_row, top, bottom, side == height)):
-        if whole_span:
-            lines += [first.expand(-1, n), last.expand(-1, n)]
-            present += [at_first, at_last]
+def _border_line_step(
+    model: WindowModel, fitted: Linearisation, *, x0: Tensor, y0: Tensor, height: int, width: int, threshold: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The first Gauss-Newton step of the whole window's fit, with the border-line test (module docstring).
+
+    The step is also taken without each map-border line (row or column) the window holds, their sums taken
+    out of the normal equations, and the line's residuals and the other pixels' residual variance after that
+    step are predicted from the linearised model. The step without the line most above the threshold is
+    taken where there is one. A window narrower than the map holds at most one border column and one border
+    row; one as wide as the map holds both of its columns (a static count of candidates, so the graph has no
+    branch). Returns the step ``[k, B]``, the pixels the fit goes on with ``[P, B]`` and their predicted
+    residual sum of squares after the step ``[B]``.
+    """
+    side, device = model.side, fitted.c.device
+    index = torch.arange(side, device=device)
+    lines = torch.stack([index * side, index * side + side - 1, index, (side - 1) * side + index])  # [4, L]
+    present = torch.stack([x0 == 0, x0 + side == width, y0 == 0, y0 + side == height])  # [4, B]
+    g, residuals, used = fitted.g[lines], fitted.residuals[lines], fitted.used[lines]  # [4, L, B]
+    choices = []  # per candidate: the line of each window, a function of x [4, ..., B] -> [..., B]
+    for first, last, span in ((0, 1, side == width), (2, 3, side == height)):
+        if span:
+            choices += [lambda x, i=first: x[i], lambda x, i=last: x[i]]
         else:
-            lines.append(torch.where(at_first, first, last))
-            present.append(at_first | at_last)
-    count = len(lines)
-    line, present = torch.cat(lines, 1), torch.cat(present)  # [P, C B], [C B]
-    without = used.repeat(1, count) * (1 - line)
-    refit = gaussian_fit.fit(flat.repeat(1, count), without, side, baseline=True,
-                             start=whole.params.repeat(1, count), **options)  # fmt: skip
-    variance = refit.rss / (refit.pixels - refit.dof).clamp_min(1)
-    line_ms = (refit.residuals.square() * line).sum(0) / line.sum(0)
-    excess = (line_ms - threshold * variance - LINE_FLOOR) / line_ms.clamp_min(1e-30)  # relative: > 0 drops
-    usable = present & (refit.pixels - refit.dof >= 3) & torch.isfinite(refit.rss)
-    excess = torch.where(usable, excess, -1.0).view(count, n)
-    pick = excess.argmax(0) * n + torch.arange(n, device=flat.device)
-    drop = excess.amax(0) > 0
-    refit = WindowFit(*(x[..., pick] if isinstance(x, Tensor) else x for x in refit))
-    return _where(drop, refit, whole), torch.where(drop, without[:, pick], used)
-
-
-def _where(condition: Tensor, a: WindowFit, b: WindowFit) -> WindowFit:
-    """Per window, fit ``a`` where ``condition [B]`` holds, else ``b``."""
-    return WindowFit(*(torch.where(condition, x, y) if isinstance(x, Tensor) else x for x, y in zip(a, b, strict=True)))
+            choices.append(lambda x, a=first, b=last: torch.where(present[a], x[a], x[b]))
+    line_moments = model.moments(g, residuals, used, lines)  # [4, M, B]
+    # [M, 1 + C, B]: the whole window, then without each candidate line
+    removed = torch.stack([torch.zeros_like(fitted.moments)] + [at(line_moments) for at in choices], 1)
+    sums = model.unpack(fitted.moments[:, None] - removed)
+    steps = solve_spd(*model.normal_equations(sums, fitted.c[:, None]))  # [k, 1 + C, B]
+    rss = sums.rss_after(steps)  # [1 + C, B]
+    mono = model.mono[:, lines].movedim(0, -1)  # [4, L, 6]
+    excess = []
+    for i, at in enumerate(choices, 1):
+        change = g * (mono @ steps[:6, i]) + (steps[6, i] if model.baseline else 0)  # [4, L, B]: J step
+        line_ms = at(residuals - change * used).square().mean(0)
+        variance = rss[i] / (sums.count[i] - model.dof).clamp_min(1)
+        ratio = (line_ms - threshold * variance - LINE_FLOOR) / line_ms.clamp_min(1e-30)  # relative: > 0 drops
+        usable = (at(present.float()) > 0) & (sums.count[i] - model.dof >= 3)  # (onnxruntime has no bool Where)
+        excess.append(torch.where(usable, ratio, -1.0))
+    excess = torch.stack(excess)  # [C, B]
+    pick = torch.where(excess.amax(0) > 0, excess.argmax(0) + 1, 0)  # 0: the whole window's step
+    which = torch.arange(len(lines), device=device)[:, None].expand_as(present)
+    dropped = torch.stack([torch.full_like(pick, len(lines))] + [at(which) for at in choices]).gather(0, pick[None])[0]
+    masks = torch.ones(model.mono.shape[1], len(lines) + 1, device=device)  # [P, 5]: without each line, all
+    masks[lines, torch.arange(len(lines), device=device)[:, None]] = 0
+    step = steps.gather(1, pick.expand(len(steps), 1, -1))[:, 0]
+    return step, fitted.used * masks[:, dropped], rss.gather(0, pick[None])[0]
