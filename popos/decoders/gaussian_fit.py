@@ -180,18 +180,16 @@ def fit(
     model: WindowModel,
     *,
     steps: int,
-    start: Tensor | None = None,
     first_step: Callable[[Linearisation], tuple[Tensor, Tensor, Tensor]] | None = None,
 ) -> WindowFit:
     """Fit ``model`` to square windows ``values [P, B]`` (``P = side^2`` pixels in row-major order, batch last,
     scaled so the peak is near 1) on the pixels marked in ``used [P, B]`` (float 0 / 1).
 
-    ``steps``: Gauss-Newton steps; ``start``: the parameters ``[k, B]`` to start from instead of the log fit;
-    ``first_step``: takes the fit before its first step and returns that step ``[k, B]``, the pixels the fit
-    goes on with ``[P, B]`` and their predicted residual sum of squares ``[B]`` after the step (the
-    border-line test); by default the step on the same pixels.
+    ``steps``: Gauss-Newton steps from the log fit; ``first_step``: takes the fit before its first step and
+    returns that step ``[k, B]``, the pixels the fit goes on with ``[P, B]`` and their predicted residual sum
+    of squares ``[B]`` after the step (the border-line test); by default the step on the same pixels.
     """
-    c = model.log_fit(values, used) if start is None else start
+    c = model.log_fit(values, used)
     for step in range(steps):
         g, residuals = model.evaluate(values, used, c)
         moments = model.moments(g, residuals, used)
@@ -210,22 +208,21 @@ def fit(
 
 
 def solve_spd(a: Tensor, b: Tensor) -> Tensor:
-    """Solve ``a x = b`` for a batch of symmetric positive definite systems, batch last: ``a [n, n, B]``,
-    ``b [n, B]`` -> ``x [n, B]``, or ``b [n, m, B]`` (``m`` right-hand sides) -> ``x [n, m, B]`` (Gauss-Jordan
-    elimination without pivoting).
+    """Solve ``a x = b`` for a batch of symmetric positive definite systems, batch last: ``a [n, n, ...]``,
+    ``b [n, ...]`` -> ``x [n, ...]`` (Gauss-Jordan elimination without pivoting).
 
     >>> a = torch.tensor([[4.0, 1.0], [1.0, 3.0]])[..., None]
     >>> [round(x, 6) for x in solve_spd(a, torch.tensor([[1.0], [2.0]])).flatten().tolist()]
     [0.090909, 0.636364]
     """
-    n, one = a.shape[0], b.dim() < a.dim()
-    aug = torch.cat([a, b[:, None] if one else b], 1)  # [n, n + m, B]; after step k the columns right of k
+    n = a.shape[0]
+    aug = torch.cat([a, b[:, None]], 1)  # [n, n + 1, ...]; after step k only the columns right of k are kept
     for k in range(n):
         row = aug[k, 1:] / aug[k, :1]
         factor = aug[:, 0].clone()
         factor[k] -= 1  # row k becomes the normalised row, the others lose their column k
         aug = aug[:, 1:] - factor[:, None] * row[None]
-    return aug[:, 0] if one else aug
+    return aug[:, 0]
 
 
 def _ridge(jtj: Tensor) -> Tensor:

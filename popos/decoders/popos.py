@@ -21,9 +21,9 @@ what the assumptions fixed (:mod:`popos.decoders.gaussian_fit`):
   of the other pixels (a flip test's copied column, or padding artefacts); the fit goes on without the line;
 * **a second peak**: a second, weaker peak lends its mass to the whole window, not to the pixels at the
   argmax. The ``near_window x near_window`` pixels around the argmax are fitted too (free shape, no
-  baseline, :data:`NEAR_STEPS` Gauss-Newton steps), and that fit is kept where the window's residuals
-  exceed it by an F test: the residual sum of squares the other pixels add, per pixel, over the near fit's
-  residual variance, above ``window_test``;
+  baseline; the log fit alone, exact on a clean peak and within 1 % of maximum likelihood under noise), and
+  that fit is kept where the window's residuals exceed it by an F test: the residual sum of squares the
+  other pixels add, per pixel, over the near fit's residual variance, above ``window_test``;
 * **the whole float32 range**: the window is divided by its maximum before fitting.
 
 Every step runs on the whole batch with masks and fixed iteration counts, so the decoder compiles and
@@ -47,16 +47,12 @@ from popos.decoders.gaussian_fit import Linearisation, WindowModel, solve_spd
 WINDOW = OUR_WINDOW
 #: side of the window fitted beside a second peak, heatmap px
 NEAR_WINDOW = 3
-#: Gauss-Newton steps of the near window's fit (a second step changes its centres by under 1 %)
-NEAR_STEPS = 1
-#: the near window's shape prior (:func:`popos.decoders.gaussian_fit.fit`): weak, its pixels fix the shape
-NEAR_PRIOR = 0.02
 #: fewest pixels the near window must leave out for its F test (fewer say too little about a second peak)
 LEFT_OUT = 7
 #: floor of the near fit's residual variance (the peak is 1): misfits below it, such as the flip test's sum of two
 #: close Gaussians, do not count as a second peak
 NOISE_FLOOR = 1e-5
-#: a border line must miss the refit by more than this mean square (the peak is 1) to be left out
+#: a border line must miss the step without it by more than this mean square (the peak is 1) to be left out
 LINE_FLOOR = 1e-8
 
 
@@ -124,8 +120,8 @@ def popos(
     if near_window < side:
         near_values, nx, ny = window_around(values, found.x - x0, found.y - y0, near_window)
         near_used = window_around(whole.used.T.reshape(n, side, side), found.x - x0, found.y - y0, near_window)[0]
-        near_model = WindowModel(near_window, sigma=sigma, baseline=False, shape_prior=NEAR_PRIOR, device=maps.device)
-        near = gaussian_fit.fit(near_values.flatten(1).T, near_used.flatten(1).T, near_model, steps=NEAR_STEPS)
+        near_model = WindowModel(near_window, sigma=sigma, baseline=False, shape_prior=0.0, device=maps.device)
+        near = gaussian_fit.fit(near_values.flatten(1).T, near_used.flatten(1).T, near_model, steps=0)
         left_out = whole.pixels - near.pixels
         noise = near.rss / (near.pixels - near.dof).clamp_min(1)
         f = (whole.rss - near.rss) / left_out.clamp_min(1) / noise.clamp_min(NOISE_FLOOR)
