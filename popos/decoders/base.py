@@ -186,9 +186,9 @@ def window(maps: Tensor, cx: Tensor, cy: Tensor, side: int) -> tuple[Tensor, Ten
     sy, sx = min(side, height), min(side, width)
     x0 = (cx - sx // 2).clamp(0, width - sx)
     y0 = (cy - sy // 2).clamp(0, height - sy)
-    idx = (y0 * width + x0)[:, None, None] + torch.arange(sy, device=maps.device)[:, None] * width
-    idx = idx + torch.arange(sx, device=maps.device)
-    values = maps.reshape(n, -1).gather(1, idx.reshape(n, -1)).reshape(n, sy, sx)  # (gather beats index_select)
+    offsets = torch.arange(sy, device=maps.device)[:, None] * width + torch.arange(sx, device=maps.device)
+    idx = (y0 * width + x0)[:, None] + offsets.flatten()
+    values = maps.reshape(n, -1).gather(1, idx).reshape(n, sy, sx)  # (gather beats index_select)
     return values.float(), x0, y0
 
 

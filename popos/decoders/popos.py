@@ -174,11 +174,12 @@ def _border_line_step(
         ratio = (line_ms - threshold * variance - LINE_FLOOR) / line_ms.clamp_min(1e-30)  # relative: > 0 drops
         usable = (at(present.float()) > 0) & (sums.count[i] - model.dof >= 3)  # (onnxruntime has no bool Where)
         excess.append(torch.where(usable, ratio, -1.0))
-    excess = torch.stack(excess)  # [C, B]
-    pick = torch.where(excess.amax(0) > 0, excess.argmax(0) + 1, 0)  # 0: the whole window's step
+    pick, most = torch.zeros_like(x0), torch.zeros_like(excess[0])  # 0: the whole window's step
+    for i, candidate in enumerate(excess, 1):  # (an argmax over C rows costs more than C comparisons)
+        pick, most = torch.where(candidate > most, i, pick), torch.maximum(candidate, most)
     which = torch.arange(len(lines), device=device)[:, None].expand_as(present)
     dropped = torch.stack([torch.full_like(pick, len(lines))] + [at(which) for at in choices]).gather(0, pick[None])[0]
     masks = torch.ones(model.mono.shape[1], len(lines) + 1, device=device)  # [P, 5]: without each line, all
     masks[lines, torch.arange(len(lines), device=device)[:, None]] = 0
     step = steps.gather(1, pick.expand(len(steps), 1, -1))[:, 0]
-    return step, fitted.used * masks[:, dropped], rss.gather(0, pick[None])[0]
+    return step, fitted.used * masks.index_select(1, dropped), rss.gather(0, pick[None])[0]
