@@ -15,6 +15,7 @@ from popos.codec import encode_heatmaps
 from popos.decoders import METHODS, VARIANTS, decode, default_anchors
 from popos.decoders.base import argmax_xy
 from popos.decoders.dark import opencv_gaussian_kernel
+from popos.decoders.gaussian_fit import WindowModel
 from popos.decoders.multilateration import (
     IGNO_ANCHORS,
     anchor_window,
@@ -615,6 +616,33 @@ def test_border_line_test_drops_a_flip_tests_copied_column(size, off, options):
     assert error_input_px(decode(clean, "popos")[0], pts, size).max() < 0.01
     inner = noisy(encode_heatmaps(random_points(50, 32, 32, margin=8, seed=31), 32), 0.05)[None]
     assert torch.equal(decode(inner, "popos"), decode(inner, "popos", border_test=0))
+
+
+@pytest.mark.parametrize("baseline", [True, False])
+def test_window_sums_of_disjoint_pixels_add_up_and_predict_the_linear_residuals(baseline):
+    # the border-line test takes a line's sums out of the window's and predicts the rss after a step from them
+    gen = torch.Generator().manual_seed(34)
+    side, n = 5, 6
+    model = WindowModel(side, sigma=2.0, baseline=baseline, shape_prior=0.0, device=torch.device("cpu"))
+    g = torch.rand(side * side, n, generator=gen) + 0.1
+    used = (torch.rand(side * side, n, generator=gen) > 0.2).float()
+    residuals = torch.randn(side * side, n, generator=gen) * used
+    line = torch.arange(side) * side  # the first column
+    rest = torch.ones(side * side, 1)
+    rest[line] = 0
+    whole = model.moments(g, residuals, used)
+    parts = model.moments(g[line], residuals[line], used[line], line) + model.moments(g, residuals * rest, used * rest)
+    torch.testing.assert_close(parts, whole)
+    sums = model.unpack(whole)
+    ones = [torch.ones(side * side, 1, n)] if baseline else []
+    jacobian = torch.cat([g[:, None] * model.mono.T[..., None]] + ones, 1)  # [P, k, B]
+    step = torch.randn(model.dof, n, generator=gen) * 0.1
+    after = residuals - torch.einsum("pkb,kb->pb", jacobian, step) * used
+    torch.testing.assert_close(sums.rss_after(step), after.square().sum(0), rtol=1e-4, atol=1e-5)
+    close = {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(sums.jtj, torch.einsum("pib,pjb->ijb", jacobian * used[:, None], jacobian), **close)
+    torch.testing.assert_close(sums.jtr, torch.einsum("pkb,pb->kb", jacobian, residuals), **close)
+    torch.testing.assert_close(sums.count, used.sum(0))
 
 
 def test_border_line_test_costs_little_under_noise():
