@@ -144,8 +144,8 @@ def _border_line_step(
     out of the normal equations, and the line's residuals and the other pixels' residual variance after that
     step are predicted from the linearised model. The step without the line most above the threshold is
     taken where there is one. A window narrower than the map holds at most one border column and one border
-    row; one as wide as the map holds both of its columns (a static count of candidates, so the graph has no
-    branch). Returns the step ``[k, B]``, the pixels the fit goes on with ``[P, B]`` and their predicted
+    row, both only in a corner, where the one that misfits more is the candidate; one as wide as the map holds
+    both of its columns (a static count of candidates, so the graph has no branch). Returns the step ``[k, B]``, the pixels the fit goes on with ``[P, B]`` and their predicted
     residual sum of squares after the step ``[B]``.
     """
     side, device = model.side, fitted.c.device
@@ -153,12 +153,15 @@ def _border_line_step(
     lines = torch.stack([index * side, index * side + side - 1, index, (side - 1) * side + index])  # [4, L]
     present = torch.stack([x0 == 0, x0 + side == width, y0 == 0, y0 + side == height])  # [4, B]
     g, residuals, used = fitted.g[lines], fitted.residuals[lines], fitted.used[lines]  # [4, L, B]
-    choices = []  # per candidate: the line of each window, a function of x [4, ..., B] -> [..., B]
+    candidates = []  # per candidate, the line of each window: 0-3, the first or last column, row (int or int64 [B])
     for first, last, span in ((0, 1, side == width), (2, 3, side == height)):
-        if span:
-            choices += [lambda x, i=first: x[i], lambda x, i=last: x[i]]
-        else:
-            choices.append(lambda x, a=first, b=last: torch.where(present[a], x[a], x[b]))
+        candidates += [first, last] if span else [torch.where(present[first], first, last)]
+    if len(candidates) == 2:  # one border column and one row at most, both only in a corner: the worse one
+        column, row = candidates
+        misfit = residuals.square().sum(1)  # [4, B]
+        worse_row = (_line(present.float(), row) > 0) & (_line(misfit, row) > _line(misfit, column))
+        candidates = [torch.where(worse_row | (_line(present.float(), column) == 0), row, column)]
+    choices = [functools.partial(_line, which=which) for which in candidates]
     line_moments = model.moments(g, residuals, used, lines)  # [4, M, B]
     # [M, 1 + C, B]: the whole window, then without each candidate line
     removed = torch.stack([torch.zeros_like(fitted.moments)] + [at(line_moments) for at in choices], 1)
@@ -177,9 +180,16 @@ def _border_line_step(
     pick, most = torch.zeros_like(x0), torch.zeros_like(excess[0])  # 0: the whole window's step
     for i, candidate in enumerate(excess, 1):  # (an argmax over C rows costs more than C comparisons)
         pick, most = torch.where(candidate > most, i, pick), torch.maximum(candidate, most)
-    which = torch.arange(len(lines), device=device)[:, None].expand_as(present)
-    dropped = torch.stack([torch.full_like(pick, len(lines))] + [at(which) for at in choices]).gather(0, pick[None])[0]
+    dropped = torch.stack([torch.full_like(pick, which) if isinstance(which, int) else which
+                           for which in [len(lines), *candidates]]).gather(0, pick[None])[0]  # fmt: skip
     masks = torch.ones(model.mono.shape[1], len(lines) + 1, device=device)  # [P, 5]: without each line, all
     masks[lines, torch.arange(len(lines), device=device)[:, None]] = 0
     step = steps.gather(1, pick.expand(len(steps), 1, -1))[:, 0]
     return step, fitted.used * masks.index_select(1, dropped), rss.gather(0, pick[None])[0]
+
+
+def _line(x: Tensor, which: int | Tensor) -> Tensor:
+    """``x [4, ..., B]`` at the line ``which`` (0-3; int, or int64 ``[B]``: per window): ``[..., B]``."""
+    if isinstance(which, int):
+        return x[which]
+    return torch.where(which == 0, x[0], torch.where(which == 1, x[1], torch.where(which == 2, x[2], x[3])))
