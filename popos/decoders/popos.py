@@ -145,8 +145,9 @@ def _border_line_step(
     step are predicted from the linearised model. The step without the line most above the threshold is
     taken where there is one. A window narrower than the map holds at most one border column and one border
     row, both only in a corner, where the one that misfits more is the candidate; one as wide as the map holds
-    both of its columns (a static count of candidates, so the graph has no branch). Returns the step ``[k, B]``, the pixels the fit goes on with ``[P, B]`` and their predicted
-    residual sum of squares after the step ``[B]``.
+    both of its columns (a static count of candidates, so the graph has no branch). Returns the step
+    ``[k, B]``, the pixels the fit goes on with ``[P, B]`` and their predicted residual sum of squares after
+    the step ``[B]``.
     """
     side, device = model.side, fitted.c.device
     index = torch.arange(side, device=device)
